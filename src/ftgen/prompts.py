@@ -7,6 +7,10 @@ A prompt is   context + query + answer   where
 as in the paper's code. `sep` is the task's `answer_separator` (" " for the built-in tasks), left out
 when the template already ends in whitespace.
 
+Tokenization rule: the three parts are tokenized separately and concatenated (`encode_prompt`), the
+shared part first with the tokenizer's special prefix (BOS, where the tokenizer adds one). Training,
+evaluation and the KV cache of the shared context therefore see the very same token ids.
+
 Truncation rule (documented in the README): when context + query + answer (+ the tokens reserved for
 generation) exceeds the model's maximum length, the query record's `truncate_field` (default: its
 longest field) is cut from the end, token-wise, until it fits. The in-context examples, the template
@@ -79,6 +83,46 @@ def build_prompt(
     return Prompt(context, query, separator_after(task, query) + record["output"])
 
 
+@dataclass(frozen=True)
+class EncodedPrompt:
+    context: list[int]  # special prefix (BOS) + in-context examples: shared by a whole test set
+    query: list[int]
+    answer: list[int]
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return self.context + self.query
+
+    def __len__(self) -> int:
+        return len(self.context) + len(self.query) + len(self.answer)
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """The ids a tokenizer puts before any text (e.g. Llama's BOS); empty for most BPE tokenizers."""
+    cached = getattr(tokenizer, "_ftgen_special_prefix", None)
+    if cached is None:
+        with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+        without = tokenizer("a", add_special_tokens=False)["input_ids"]
+        n = len(with_special) - len(without)
+        cached = list(with_special[:n]) if n > 0 and with_special[n:][: len(without)] == without else []
+        tokenizer._ftgen_special_prefix = cached
+    return cached
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def encode_prompt(tokenizer, prompt: Prompt, answer_suffix: str = "") -> EncodedPrompt:
+    """Token ids of context / query / answer (+ `answer_suffix`, e.g. the EOS text), per the rule above."""
+    answer = encode_text(tokenizer, prompt.answer)
+    if answer_suffix:
+        answer += encode_text(tokenizer, answer_suffix)
+    return EncodedPrompt(
+        special_prefix(tokenizer) + encode_text(tokenizer, prompt.context), encode_text(tokenizer, prompt.query), answer
+    )
+
+
 def fit_prompt(
     task: TaskDef,
     record: dict,
@@ -97,7 +141,7 @@ def fit_prompt(
     prompt = build_prompt(task, record, fmt, context=context)
 
     def n_tokens(p: Prompt) -> int:
-        return len(tokenizer(p.text + p.answer + answer_suffix, add_special_tokens=True)["input_ids"]) + reserve
+        return len(encode_prompt(tokenizer, p, answer_suffix)) + reserve
 
     excess = n_tokens(prompt) - max_tokens
     if excess <= 0:
