@@ -1,0 +1,3 @@
+from ftgen.cli import main
+
+main()

@@ -1,0 +1,32 @@
+"""Small helpers for tests: run the real CLI in a subprocess, write data files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: str | Path | None = None, timeout: int = 600):
+    """Run `python -m ftgen ARGS` for real; returns the CompletedProcess (text mode)."""
+    full_env = {**os.environ, "FTGEN_QUIET": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "ftgen", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=timeout)
+
+
+def assert_user_error(proc, *needles: str) -> None:
+    """Exit 2, one line on stderr naming the problem, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def write_json(path: Path, obj) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj), encoding="utf-8")
+    return path

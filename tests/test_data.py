@@ -1,0 +1,162 @@
+import csv
+import json
+
+import pytest
+import yaml
+
+from ftgen.data import check_data_dir, load_pool, load_records, load_test_set, load_train_set
+from ftgen.errors import UserError
+from ftgen.tasks import load_task, parse_task
+from helpers import assert_user_error, run_cli, write_json
+
+SENT = load_task("sentiment")
+
+
+def test_paper_test_set_first_records(paper_data):
+    ds = load_test_set(paper_data, SENT, "sst2", limit=250)
+    raw = json.loads((paper_data / "sentiment" / "sst2_test_500.json").read_text())
+    assert len(ds.records) == 250
+    assert ds.records[0]["input"] == raw[0]["input"] and ds.records[0]["output"] == raw[0]["output"]
+    assert set(ds.label_counts()) <= {"positive", "negative"}
+
+
+def test_multinli_dash_label_is_dropped_and_counted(paper_data):
+    task = load_task("inference")
+    raw = json.loads((paper_data / "inference" / "multinli_test_500.json").read_text())
+    dashes = sum(r["output"] == "-" for r in raw[:250])
+    ds = load_test_set(paper_data, task, "multinli", limit=250)
+    assert dashes > 0
+    assert ds.report.ignored == dashes and len(ds.records) == 250 - dashes
+    assert all(r["output"] in task.labels for r in ds.records)
+
+
+def test_empty_text_in_paper_data_needs_skip_invalid(paper_data):
+    task = load_task("question")
+    with pytest.raises(UserError, match=r"tweetqa_test_500.json: record 61: field 'input': empty text"):
+        load_test_set(paper_data, task, "tweetqa")
+    ds = load_test_set(paper_data, task, "tweetqa", skip_invalid=True)
+    assert ds.report.invalid == 20 and len(ds.records) == 480
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"output": "positive"}, "record 1: field 'input': missing"),
+        ({"input": "  ", "output": "positive"}, "record 1: field 'input': empty text"),
+        ({"input": "fine", "output": "meh"}, "record 1: field 'output': label 'meh' is not one of"),
+        ({"input": ["a"], "output": "positive"}, "record 1: field 'input': expected text"),
+        ("just a string", "record 1: expected an object"),
+    ],
+)
+def test_bad_records_name_file_index_and_field(tmp_path, record, message):
+    path = write_json(tmp_path / "set.json", [{"input": "good", "output": "negative"}, record])
+    with pytest.raises(UserError) as e:
+        load_records(path, SENT)
+    assert str(path) in str(e.value) and message in str(e.value)
+    records, report = load_records(path, SENT, skip_invalid=True)
+    assert len(records) == 1 and report.invalid == 1 and report.problems
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("[{\"input\": \"a\", ", "invalid JSON"), ("", "empty file"), ("{\"x\": 1}", "expected a JSON list")],
+)
+def test_malformed_files(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        load_records(path, SENT)
+
+
+def test_non_utf8_and_missing_files(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes(b'[{"input": "caf\xe9", "output": "positive"}]')
+    with pytest.raises(UserError, match="not valid UTF-8"):
+        load_records(path, SENT)
+    with pytest.raises(UserError, match="file not found"):
+        load_records(tmp_path / "nope.json", SENT)
+
+
+def test_empty_set_is_an_error(tmp_path):
+    with pytest.raises(UserError, match="no usable records"):
+        load_records(write_json(tmp_path / "e.json", []), SENT)
+
+
+def test_jsonl_csv_and_hf_dir_with_field_and_label_maps(tmp_path):
+    task = parse_task(
+        {**SENT.model_dump(), "name": "sst", "field_map": {"input": "sentence", "output": "label"},
+         "label_map": {"0": "negative", "1": "positive"}},
+        "sst.yaml",
+    )
+    rows = [{"sentence": "great film", "label": 1}, {"sentence": "dull", "label": 0}]
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    csv_path = tmp_path / "d.csv"
+    with csv_path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["sentence", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    import datasets
+
+    hf_dir = tmp_path / "hf"
+    datasets.Dataset.from_list(rows).save_to_disk(str(hf_dir))
+    for source in (jsonl, csv_path, hf_dir):
+        records, _ = load_records(source, task)
+        assert [r["output"] for r in records] == ["positive", "negative"], source
+        assert records[0]["input"] == "great film" and records[1]["id"] == "1"
+
+
+def test_train_sizes_come_from_the_paper_files(paper_data):
+    small = load_train_set(paper_data, SENT, "amazon", 2000)
+    assert small.source.endswith("amazon_train_2000.json") and len(small.records) == 2000
+    first = load_train_set(paper_data, SENT, "amazon", 300)
+    assert first.records == small.records[:300]
+    a = load_train_set(paper_data, SENT, "amazon", 300, sample_seed=1)
+    b = load_train_set(paper_data, SENT, "amazon", 300, sample_seed=1)
+    assert a.records == b.records and a.records != first.records
+
+
+def test_train_size_larger_than_the_set(paper_data):
+    with pytest.raises(UserError, match="--allow-smaller"):
+        load_train_set(paper_data, SENT, "amazon", 7000)
+    assert len(load_train_set(paper_data, SENT, "amazon", 7000, allow_smaller=True).records) == 5999
+    with pytest.raises(UserError, match="positive"):
+        load_train_set(paper_data, SENT, "amazon", 0)
+
+
+def test_unknown_sets_and_pools(paper_data):
+    with pytest.raises(UserError, match="unknown test set 'imdb'.*sst2"):
+        load_test_set(paper_data, SENT, "imdb")
+    assert len(load_pool(paper_data, SENT, "sst2").records) == 8
+
+
+def test_data_check_table(paper_data, tmp_path):
+    rows = check_data_dir(paper_data, [load_task(n) for n in ("sentiment", "inference")])
+    by = {(r["task"], r["set"], r["role"]): r for r in rows}
+    assert by[("sentiment", "amazon", "train 6000")]["records"] == 5999
+    assert by[("inference", "multinli", "test")]["ignored"] == 8
+    assert by[("inference", "gptnli", "test")]["invalid"] == 6
+
+
+def test_data_check_cli(tmp_path):
+    folder = tmp_path / "data" / "sentiment"
+    write_json(folder / "toy_test_10.json", [{"input": "good", "output": "positive"}, {"input": "x", "output": "?"}])
+    write_json(folder / "few_shot" / "toy_few_shot.json", [{"input": "bad", "output": "negative"}])
+    proc = run_cli("data", "check", str(tmp_path / "data"))
+    assert proc.returncode == 1
+    assert "toy" in proc.stdout and "1 invalid" in proc.stdout and "label '?'" in proc.stderr
+    assert_user_error(run_cli("data", "check", "--strict", str(tmp_path / "data")), "toy_test_10.json", "record 1")
+    assert_user_error(run_cli("data", "check", str(tmp_path / "missing")), "data directory not found")
+
+
+def test_user_task_data_in_paper_layout(tmp_path):
+    task_dir = tmp_path / "tasks"
+    task_dir.mkdir()
+    (task_dir / "topic.yaml").write_text(yaml.safe_dump({
+        "name": "topic", "kind": "classification", "fields": ["text"], "templates": ["{text}\nTopic:"],
+        "labels": ["sports", "politics"], "metric": "accuracy"}))
+    write_json(tmp_path / "data" / "topic" / "news_test_2.json",
+               [{"text": "goal!", "output": "sports"}, {"text": "vote", "output": "politics"}])
+    proc = run_cli("data", "check", str(tmp_path / "data"), "--task-dir", str(task_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert "topic" in proc.stdout and "sports 50%" in proc.stdout
