@@ -6,14 +6,40 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: str | Path | None = None, timeout: int = 600):
     """Run `python -m ftgen ARGS` for real; returns the CompletedProcess (text mode)."""
     full_env = {**os.environ, "FTGEN_QUIET": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "ftgen", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ftgen", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout
+    )
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli_inprocess(capsys, *args: str) -> CliResult:
+    """The CLI's `main()` in this process (no interpreter start-up): for the many bad-input cases."""
+    from ftgen.cli import main
+
+    old_argv = sys.argv
+    sys.argv = ["ftgen", *args]
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = old_argv
+    captured = capsys.readouterr()
+    return CliResult(code, captured.out, captured.err)
 
 
 def assert_user_error(proc, *needles: str) -> None:
