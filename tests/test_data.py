@@ -59,7 +59,7 @@ def test_bad_records_name_file_index_and_field(tmp_path, record, message):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("[{\"input\": \"a\", ", "invalid JSON"), ("", "empty file"), ("{\"x\": 1}", "expected a JSON list")],
+    [('[{"input": "a", ', "invalid JSON"), ("", "empty file"), ('{"x": 1}', "expected a JSON list")],
 )
 def test_malformed_files(tmp_path, content, message):
     path = tmp_path / "bad.json"
@@ -84,8 +84,12 @@ def test_empty_set_is_an_error(tmp_path):
 
 def test_jsonl_csv_and_hf_dir_with_field_and_label_maps(tmp_path):
     task = parse_task(
-        {**SENT.model_dump(), "name": "sst", "field_map": {"input": "sentence", "output": "label"},
-         "label_map": {"0": "negative", "1": "positive"}},
+        {
+            **SENT.model_dump(),
+            "name": "sst",
+            "field_map": {"input": "sentence", "output": "label"},
+            "label_map": {"0": "negative", "1": "positive"},
+        },
         "sst.yaml",
     )
     rows = [{"sentence": "great film", "label": 1}, {"sentence": "dull", "label": 0}]
@@ -152,11 +156,22 @@ def test_data_check_cli(tmp_path):
 def test_user_task_data_in_paper_layout(tmp_path):
     task_dir = tmp_path / "tasks"
     task_dir.mkdir()
-    (task_dir / "topic.yaml").write_text(yaml.safe_dump({
-        "name": "topic", "kind": "classification", "fields": ["text"], "templates": ["{text}\nTopic:"],
-        "labels": ["sports", "politics"], "metric": "accuracy"}))
-    write_json(tmp_path / "data" / "topic" / "news_test_2.json",
-               [{"text": "goal!", "output": "sports"}, {"text": "vote", "output": "politics"}])
+    (task_dir / "topic.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "topic",
+                "kind": "classification",
+                "fields": ["text"],
+                "templates": ["{text}\nTopic:"],
+                "labels": ["sports", "politics"],
+                "metric": "accuracy",
+            }
+        )
+    )
+    write_json(
+        tmp_path / "data" / "topic" / "news_test_2.json",
+        [{"text": "goal!", "output": "sports"}, {"text": "vote", "output": "politics"}],
+    )
     proc = run_cli("data", "check", str(tmp_path / "data"), "--task-dir", str(task_dir))
     assert proc.returncode == 0, proc.stderr
     assert "topic" in proc.stdout and "sports 50%" in proc.stdout

@@ -1,0 +1,174 @@
+"""The evaluation engine on the real default model: prefix cache == plain computation, scoring rules,
+batching, truncation and output files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ftgen.data import load_pool, load_test_set
+from ftgen.errors import UserError
+from ftgen.evaluate import _prepare, evaluate, stops, write_eval_outputs
+from ftgen.prompts import build_prompt, encode_prompt, encode_text, render_context, select_shots
+from ftgen.tasks import load_task
+
+
+def _data(paper_data, task_name: str, test_set: str, n: int, k: int):
+    task = load_task(task_name)
+    records = load_test_set(paper_data, task, test_set, limit=n).records
+    shots = select_shots(load_pool(paper_data, task, test_set).records, k)
+    return task, records, shots
+
+
+def _max_logprob_diff(a, b, labels) -> float:
+    return max(abs(x["logprobs"][lab] - y["logprobs"][lab]) for x, y in zip(a, b, strict=True) for lab in labels)
+
+
+def test_prefix_cache_equals_plain_computation_classification(default_model_fp32, paper_data):
+    model, tok = default_model_fp32
+    task, records, shots = _data(paper_data, "inference", "gptnli", 6, 1)
+    # The 2-token label last: its second token must see the query and " entail", not the other labels,
+    # at the position right after the query.
+    task = task.model_copy(update={"labels": ["neutral", "contradiction", "entailment"]})
+    assert len(encode_text(tok, " entailment")) == 2
+    cached = evaluate(model, tok, task, records, shots=shots, batch_size=4, prefix_cache=True)
+    plain = evaluate(model, tok, task, records, shots=shots, batch_size=4, prefix_cache=False)
+    assert cached.metrics["context_tokens"] > 0
+    assert [p["prediction"] for p in cached.predictions] == [p["prediction"] for p in plain.predictions]
+    assert _max_logprob_diff(cached.predictions, plain.predictions, task.labels) < 1e-3
+    assert [p["id"] for p in cached.predictions] == [r["id"] for r in records]  # input order kept
+
+
+def test_prefix_cache_equals_plain_and_hf_generate(default_model_fp32, paper_data):
+    model, tok = default_model_fp32
+    task, records, shots = _data(paper_data, "question", "socialqa", 4, 1)
+    task = task.model_copy(update={"max_new_tokens": 12})
+    lengths = {len(encode_prompt(tok, build_prompt(task, r, 0, shots=shots)).query) for r in records}
+    assert len(lengths) > 1  # rows of different lengths: left padding after the cached prefix is exercised
+    cached = evaluate(model, tok, task, records, shots=shots, batch_size=4, prefix_cache=True)
+    plain = evaluate(model, tok, task, records, shots=shots, batch_size=4, prefix_cache=False)
+    texts = [p["generated"] for p in cached.predictions]
+    assert texts == [p["generated"] for p in plain.predictions]
+    assert all(t.strip() for t in texts)
+    # and the same as transformers' own greedy decoding, one record at a time
+    context = render_context(task, shots, 0)
+    for rec, text in zip(records, texts, strict=True):
+        ids = torch.tensor([encode_prompt(tok, build_prompt(task, rec, 0, context=context)).prompt_ids])
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
+        ref = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        # ftgen stops at a blank line, generate() runs on: the same text up to there
+        assert ref.startswith(text) if stops(text) else ref == text, (ref, text)
+    assert cached.metrics["metric"] == "rouge_l" and 0 <= cached.metrics["score"] <= 100
+    assert {"rouge_l", "bleu"} <= set(cached.metrics)
+
+
+@pytest.mark.parametrize(("task_name", "test_set"), [("sentiment", "sst2"), ("detection", "qqp")])
+def test_first_token_and_sum_agree_on_single_token_labels(default_model, paper_data, task_name, test_set):
+    model, tok = default_model
+    task, records, shots = _data(paper_data, task_name, test_set, 6, 0)
+    assert all(len(encode_text(tok, " " + lab)) == 1 for lab in task.labels)
+    by_sum = evaluate(model, tok, task, records, scoring="sum")
+    by_first = evaluate(model, tok, task, records, scoring="first-token")
+    assert [p["prediction"] for p in by_sum.predictions] == [p["prediction"] for p in by_first.predictions]
+    assert [p["scores"] for p in by_sum.predictions] == [p["scores"] for p in by_first.predictions]
+
+
+def test_multi_token_label_scoring_rules(default_model, paper_data):
+    model, tok = default_model
+    task, records, _ = _data(paper_data, "inference", "gptnli", 4, 0)
+    n_tokens = {lab: len(encode_text(tok, " " + lab)) for lab in task.labels}
+    assert n_tokens["entailment"] == 2
+    by_sum = evaluate(model, tok, task, records, scoring="sum")
+    by_mean = evaluate(model, tok, task, records, scoring="mean")
+    by_first = evaluate(model, tok, task, records, scoring="first-token")
+    for s, m, f in zip(by_sum.predictions, by_mean.predictions, by_first.predictions, strict=True):
+        assert s["logprobs"] == m["logprobs"] == f["logprobs"]
+        for lab in task.labels:
+            assert m["scores"][lab] == pytest.approx(s["scores"][lab] / n_tokens[lab])
+            assert s["scores"][lab] < 0
+        # first-token of "entailment" scores " entail" alone: more likely than the whole word
+        assert f["scores"]["entailment"] > s["scores"]["entailment"]
+        assert f["scores"]["neutral"] == s["scores"]["neutral"]
+    assert set(by_sum.metrics["pred_share"]) == set(task.labels)
+    assert sum(by_sum.metrics["pred_share"].values()) == pytest.approx(100.0)
+
+
+def test_batch_size_does_not_change_results(default_model_fp32, paper_data):
+    model, tok = default_model_fp32
+    task, records, shots = _data(paper_data, "sentiment", "sst2", 8, 2)
+    one = evaluate(model, tok, task, records, shots=shots, batch_size=1)
+    eight = evaluate(model, tok, task, records, shots=shots, batch_size=8)
+    assert [p["prediction"] for p in one.predictions] == [p["prediction"] for p in eight.predictions]
+    assert _max_logprob_diff(one.predictions, eight.predictions, task.labels) < 1e-3
+    assert one.metrics["accuracy"] == eight.metrics["accuracy"]
+
+
+def test_long_record_is_truncated_counted_and_keeps_the_label_cue(default_model, paper_data):
+    model, tok = default_model
+    task = load_task("sentiment")
+    records = load_test_set(paper_data, task, "yelp", limit=6).records
+    long = max(records, key=lambda r: len(r["input"]))
+    short = {"id": "short", "input": "Great food.", "output": "positive"}
+    max_length = 48
+    assert len(encode_prompt(tok, build_prompt(task, long, 0)).prompt_ids) > max_length
+    result = evaluate(model, tok, task, [long, short], max_length=max_length)
+    assert result.metrics["truncated"] == 1
+    assert [p["truncated"] for p in result.predictions] == [True, False]
+    assert all(p["prediction"] in task.labels for p in result.predictions)
+    _, items = _prepare(task, [long], "", 0, tok, max_length)
+    assert items[0].prompt.query.endswith("### Sentiment:")  # the cue the labels continue is never cut
+    assert len(items[0].query) + max(map(len, items[0].labels)) <= max_length
+
+
+def test_outputs_are_written_one_line_per_record(default_model, paper_data, tmp_path):
+    model, tok = default_model
+    task, records, _ = _data(paper_data, "sentiment", "sst2", 5, 0)
+    result = evaluate(model, tok, task, records)
+    write_eval_outputs(result, tmp_path / "cell")
+    metrics = json.loads((tmp_path / "cell" / "metrics.json").read_text())
+    assert {"metric", "score", "n", "truncated", "seconds", "accuracy", "macro_f1", "confusion", "pred_share"} <= set(
+        metrics
+    )
+    assert metrics["metric"] == "accuracy" and metrics["score"] == metrics["accuracy"] and metrics["n"] == 5
+    lines = (tmp_path / "cell" / "predictions.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["id"] for r in rows] == [r["id"] for r in records]
+    for row, rec in zip(rows, records, strict=True):
+        assert row["gold"] == rec["output"] and row["prediction"] in task.labels
+        assert len(row["prompt_hash"]) == 16 and set(row["scores"]) == set(task.labels)
+    assert len({r["prompt_hash"] for r in rows}) == 5
+    assert [p.name for p in (tmp_path / "cell").iterdir() if p.name.startswith(".")] == []  # no temp files left
+
+
+def test_stop_rule_needs_content_before_the_blank_line():
+    assert not stops("\n\nWhat")
+    assert not stops(" What is it?\n")
+    assert stops(" What is it?\n\n")
+    assert stops("\nWhat?\n\nMore")
+
+
+def test_bad_arguments_are_user_errors(default_model, paper_data):
+    model, tok = default_model
+    task, records, _ = _data(paper_data, "sentiment", "sst2", 2, 0)
+    with pytest.raises(UserError, match="no records"):
+        evaluate(model, tok, task, [])
+    with pytest.raises(UserError, match="unknown scoring"):
+        evaluate(model, tok, task, records, scoring="max")
+    with pytest.raises(UserError, match="unknown backend"):
+        evaluate(model, tok, task, records, backend="tgi")
+
+
+def test_vllm_backend_without_vllm_is_a_clear_error(default_model, paper_data):
+    try:
+        import vllm  # noqa: F401
+
+        pytest.skip("vllm is installed here")
+    except ImportError:
+        pass
+    model, tok = default_model
+    task, records, _ = _data(paper_data, "sentiment", "sst2", 2, 0)
+    with pytest.raises(UserError, match=r"pip install 'ftgen\[gpu\]'"):
+        evaluate(model, tok, task, records, backend="vllm")

@@ -1,0 +1,290 @@
+"""Studies: the driver's bookkeeping (fast, with stand-in units), then real tiny studies end to end (slow):
+kill -9 at a random moment and resume = an uninterrupted run; Ray = local; the report of a real study."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ftgen.config import parse_study, validate_study
+from ftgen.errors import UserError
+from ftgen.executors import LocalExecutor
+from ftgen.store import Store
+from ftgen.study import build_plan, check_changes, drive, manifest
+from helpers import assert_user_error, run_cli
+
+# The tiny study of the end-to-end tests: 1 train task, full FT and FTICL with LoRA (both kinds of saved model),
+# 8 train records (2 optimizer steps, a checkpoint after the first), 8 records per test set, classification
+# only (generation cells are covered by the evaluation engine's tests); fp32: on CPUs bf16 pays a kernel
+# compilation for every new tensor shape, slower for short runs.
+TINY = {
+    "name": "tiny",
+    "train": [{"task": "sentiment", "sizes": [8]}],
+    "methods": [{"name": "ft"}, {"name": "fticl", "shots": 2, "lora_r": 8}],
+    "hyper": {"lr": [1e-4], "epochs": [1], "seeds": [0]},
+    "train_args": {"batch_size": 4, "micro_batch_size": 4, "max_length": 256, "save_every": 1, "dtype": "fp32"},
+    "eval": {
+        "test_sets": {"sentiment": ["amazon", "sst2"], "detection": ["paws"]},
+        "shots": {"sentiment": [0, 2], "detection": [0]},
+        "limit": 8,
+        "batch_size": 8,
+        "dtype": "fp32",
+    },
+}
+N_RUNS, N_CELLS = 2, 3 * 5
+
+
+def plan_for(data: dict, paper_data: Path):
+    return build_plan(validate_study(parse_study(data, "tiny.yaml"), paper_data, "tiny.yaml"))
+
+
+# ---------------------------------------------------------------- fast: the driver with stand-in units
+
+
+class FakeUnits:
+    """Stand-ins for execute_train / execute_eval: record the order, fail on demand, write a model file."""
+
+    def __init__(self, fail: set[str] = frozenset()):
+        self.calls: list[str] = []
+        self.fail = set(fail)
+
+    def train(self, job: dict) -> dict:
+        self.calls.append(f"train {job['key']}")
+        model = Path(job["out_dir"]) / "model"
+        model.mkdir(parents=True, exist_ok=True)
+        (model / "weights.bin").write_bytes(job["key"].encode())
+        summary = {"loss_first_epoch": 1.0, "loss_last_epoch": 0.5}
+        return {"summary": summary, "manifest": manifest(model), "seconds": 0.1}
+
+    def eval(self, job: dict) -> dict:
+        self.calls.append(f"eval {job['key']} on {job['model_path']}")
+        if job["key"] in self.fail:
+            raise RuntimeError("boom\nsecond line")
+        metrics = {"metric": "accuracy", "score": float(len(self.calls)), "n": 8}
+        return {"metrics": metrics, "predictions": [{"id": "0", "prediction": "positive"}], "seconds": 0.1}
+
+
+@pytest.fixture
+def fake_units(monkeypatch):
+    units = FakeUnits()
+    monkeypatch.setattr("ftgen.study.execute_train", units.train)
+    monkeypatch.setattr("ftgen.study.execute_eval", units.eval)
+    return units
+
+
+def _session(plan, out: Path, **kw) -> dict:
+    with Store.open_writer(out) as store:
+        check_changes(store, plan, **kw)
+        store.add([r.row() for r in plan.runs], [c.row() for c in plan.cells])
+        return drive(plan, store, LocalExecutor(), plan.resolved.data_dir)
+
+
+def test_local_order_failures_and_retry(paper_data, tmp_path, fake_units):
+    plan = plan_for(TINY, paper_data)
+    assert (len(plan.runs), len(plan.cells)) == (N_RUNS, N_CELLS)
+    bad = plan.cells_of(plan.runs[1].key)[2].key
+    fake_units.fail = {bad}
+    counts = _session(plan, tmp_path)
+    assert counts == {"runs done": 2, "cells done": N_CELLS - 1, "cells failed": 1}
+    # base cells first, then each run: train, then all its cells (its model loaded once)
+    kinds = [c.split()[0] + (" base" if c.endswith(" on default") else "") for c in fake_units.calls]
+    assert kinds == ["eval base"] * 5 + ["train"] + ["eval"] * 5 + ["train"] + ["eval"] * 5
+    with Store.open_reader(tmp_path) as s:
+        failed = s.rows("cells", "status='failed'")
+        assert [r["key"] for r in failed] == [bad] and failed[0]["error"] == "RuntimeError: boom"
+        assert s.predictions(bad) is None
+    # rerun: only the failed cell runs again (its model is not retrained), nothing is duplicated
+    fake_units.calls.clear()
+    fake_units.fail = set()
+    counts = _session(plan, tmp_path)
+    assert counts == {"cells done": 1} and fake_units.calls == [
+        f"eval {bad} on {tmp_path / 'runs' / plan.runs[1].key / 'model'}"
+    ]
+    with Store.open_reader(tmp_path) as s:
+        assert s.counts()["cells"]["done"] == N_CELLS and len(s.rows("cells")) == N_CELLS
+        assert s.get("cells", bad)["attempts"] == 2
+        assert s.conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == N_CELLS
+
+
+def test_a_lost_model_is_trained_again_before_its_cells(paper_data, tmp_path, fake_units):
+    plan = plan_for(TINY, paper_data)
+    run = plan.runs[0]
+    first = plan.cells_of(run.key)[0].key
+    fake_units.fail = {first}
+    _session(plan, tmp_path)
+    (tmp_path / "runs" / run.key / "model" / "weights.bin").unlink()  # the model no longer matches its manifest
+    fake_units.calls.clear()
+    fake_units.fail = set()
+    _session(plan, tmp_path)
+    assert [c.split()[0] for c in fake_units.calls] == ["train", "eval"]
+
+
+def test_changed_config_is_reported_not_mixed(paper_data, tmp_path, fake_units):
+    plan = plan_for(TINY, paper_data)
+    _session(plan, tmp_path)
+    changed = json.loads(json.dumps(TINY))
+    changed["eval"]["limit"] = 6
+    changed["train_args"]["max_length"] = 200  # not a coordinate of the grid (lr would be: a new row)
+    new = plan_for(changed, paper_data)
+    with pytest.raises(UserError) as e:
+        _session(new, tmp_path)
+    msg = str(e.value)
+    assert "2 finished training runs" in msg and "train.max_length: 256 -> 200" in msg
+    assert f"{N_CELLS} finished evaluation cells" in msg and "limit: 8 -> 6" in msg and "--rerun-changed" in msg
+    with Store.open_reader(tmp_path) as s:  # nothing was touched
+        assert s.counts()["cells"] == {"pending": 0, "running": 0, "done": N_CELLS, "failed": 0, "superseded": 0}
+    fake_units.calls.clear()
+    _session(new, tmp_path, rerun_changed=True)
+    assert len(fake_units.calls) == N_RUNS + N_CELLS
+    with Store.open_reader(tmp_path) as s:
+        c = s.counts()["cells"]
+        assert c["done"] == N_CELLS and c["superseded"] == N_CELLS
+        # one live row per slot; the old results are kept
+        live = s.rows("cells", "status != 'superseded'")
+        assert len({r["slot"] for r in live}) == len(live) == N_CELLS
+        assert all(json.loads(r["config"])["limit"] == 6 for r in live)
+
+
+# ---------------------------------------------------------------- slow: real studies through the CLI
+
+
+def _write_config(tmp_path: Path, data: dict, name: str = "tiny.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _results(out: Path) -> dict[str, tuple]:
+    """slot -> (score, predictions) of every live done cell; and checks that nothing is duplicated."""
+    conn = sqlite3.connect(f"file:{out / 'results.sqlite'}?mode=ro", uri=True)
+    rows = conn.execute(
+        "SELECT c.slot, c.score, c.status, p.rows FROM cells c LEFT JOIN predictions p ON p.cell_key = c.key"
+    ).fetchall()
+    assert len({r[0] for r in rows}) == len(rows), "a slot appears twice"
+    assert all(r[2] == "done" and r[3] is not None for r in rows), [r[:3] for r in rows if r[2] != "done"]
+    runs = conn.execute("SELECT status FROM runs").fetchall()
+    assert runs == [("done",)] * N_RUNS
+    conn.close()
+    return {r[0]: (r[1], [(p["id"], p["prediction"]) for p in json.loads(r[3])]) for r in rows}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(paper_data, tmp_path_factory):
+    """The tiny study run once, start to end, with the local executor: (out dir, seconds, results)."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    cfg = _write_config(tmp, TINY)
+    t0 = time.perf_counter()
+    proc = run_cli("study", str(cfg), "--data-dir", str(paper_data), "--out", str(tmp / "out"))
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{N_RUNS} training runs and {N_CELLS} evaluation cells done" in proc.stdout
+    return tmp / "out", seconds, _results(tmp / "out")
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume_equals_uninterrupted(paper_data, tmp_path, uninterrupted):
+    out_a, seconds, expected = uninterrupted
+    cfg = _write_config(tmp_path, TINY)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "ftgen", "study", str(cfg), "--data-dir", str(paper_data), "--out", str(out)]
+    env = {**os.environ, "FTGEN_QUIET": "1"}
+    rng = random.Random()
+    kills = []
+    for _ in range(2):  # two kills at random moments of the run (model loading, training, checkpoints, writes)
+        moment = rng.uniform(2.0, 0.6 * seconds)
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=moment)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills.append(round(moment, 1))
+    status = run_cli("status", str(out))  # readable after the kills, without the lock
+    assert status.returncode == 0, status.stderr
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, (kills, proc.stderr[-3000:])
+    got = _results(out)
+    assert got == expected, f"killed at {kills}s"
+    # the same command once more: nothing to do, nothing changes
+    before = (out / "results.sqlite").stat().st_size, _results(out)
+    again = run_cli("study", str(cfg), "--data-dir", str(paper_data), "--out", str(out))
+    assert again.returncode == 0 and _results(out) == before[1]
+    status = run_cli("status", str(out))
+    assert re.search(r"runs\s*│\s*0\s*│\s*0\s*│\s*2\s*│\s*0", status.stdout), status.stdout
+
+
+@pytest.mark.slow
+def test_second_study_on_the_same_dir_is_refused_while_the_first_runs(paper_data, tmp_path):
+    cfg = _write_config(tmp_path, TINY)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "ftgen", "study", str(cfg), "--data-dir", str(paper_data), "--out", str(out)]
+    first = subprocess.Popen(args, env={**os.environ, "FTGEN_QUIET": "1"}, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if (out / ".lock").exists() and (out / ".lock").read_text():
+                break
+            time.sleep(0.1)
+        second = run_cli("study", str(cfg), "--data-dir", str(paper_data), "--out", str(out))
+        assert_user_error(second, "another ftgen study is already writing this directory", f"pid {first.pid}")
+    finally:
+        first.kill()
+        first.wait()
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_same_results_as_local(paper_data, tmp_path, uninterrupted):
+    pytest.importorskip("ray")
+    _, _, expected = uninterrupted
+    data = {**TINY, "executor": "ray", "ray": {"num_cpus": 2}}  # a local Ray cluster: 2 workers at a time
+    cfg = _write_config(tmp_path, data)
+    proc = run_cli("study", str(cfg), "--data-dir", str(paper_data), "--out", str(tmp_path / "out"), timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _results(tmp_path / "out") == expected
+
+
+@pytest.mark.slow
+def test_report_of_a_real_study(uninterrupted, tmp_path):
+    out, _, _ = uninterrupted
+    proc = run_cli("report", str(out), "--to", str(tmp_path / "report"))
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "report"
+    for name in (
+        "main_table.md",
+        "main_table.csv",
+        "main_table.tex",
+        "cells.csv",
+        "ft_vs_fticl.png",
+        "heatmap_0-shot.png",
+        "heatmap_2-shot.png",
+        "report.html",
+    ):
+        assert (folder / name).stat().st_size > 0, name
+    assert "Fine-tuned on sentiment (amazon), evaluated 0-shot" in proc.stdout
+    page = (folder / "report.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing fetched from a network
+    assert page.count("data:image/png;base64,") == 3
+    md = (folder / "main_table.md").read_text()
+    assert "| ID: amazon | OOD: sst2 | cross: detection/paws |" in md
+    rows = list(csv_rows(folder / "cells.csv"))
+    assert len(rows) == N_CELLS
+    for r in rows:
+        if r["method"] != "base":
+            assert float(r["delta"]) == pytest.approx(float(r["score"]) - float(r["base_score"]), abs=1e-3)
+
+
+def csv_rows(path: Path):
+    import csv
+
+    with open(path, newline="") as f:
+        yield from csv.DictReader(f)
