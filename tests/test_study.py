@@ -192,34 +192,51 @@ def uninterrupted(paper_data, tmp_path_factory):
     return tmp / "out", seconds, _results(tmp / "out")
 
 
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids |= {int(k) for k in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return kids
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_equals_uninterrupted(paper_data, tmp_path, uninterrupted):
-    out_a, seconds, expected = uninterrupted
-    cfg = _write_config(tmp_path, TINY)
+    """Killed twice at random moments (model loading, training, checkpoints, store writes), then resumed
+    with the same command: the results equal an uninterrupted run's. Run with 2 worker processes of 1
+    thread (the local run above: 1 process): a killed study must leave no worker behind."""
+    _, seconds, expected = uninterrupted
+    cfg = _write_config(tmp_path, {**TINY, "workers": 2, "threads": 1})
     out = tmp_path / "out"
     args = [sys.executable, "-m", "ftgen", "study", str(cfg), "--data-dir", str(paper_data), "--out", str(out)]
     env = {**os.environ, "FTGEN_QUIET": "1"}
     rng = random.Random()
     kills = []
-    for _ in range(2):  # two kills at random moments of the run (model loading, training, checkpoints, writes)
-        moment = rng.uniform(2.0, 0.6 * seconds)
+    for _ in range(2):
+        moment = rng.uniform(3.0, 0.5 * seconds)
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             proc.wait(timeout=moment)
         except subprocess.TimeoutExpired:
+            workers = _children(proc.pid)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             kills.append(round(moment, 1))
+            time.sleep(1)
+            assert not [w for w in workers if Path(f"/proc/{w}").exists()], "a worker outlived the killed study"
     status = run_cli("status", str(out))  # readable after the kills, without the lock
     assert status.returncode == 0, status.stderr
+    if kills:
+        assert "study process: none" in status.stdout
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, (kills, proc.stderr[-3000:])
     got = _results(out)
     assert got == expected, f"killed at {kills}s"
     # the same command once more: nothing to do, nothing changes
-    before = (out / "results.sqlite").stat().st_size, _results(out)
     again = run_cli("study", str(cfg), "--data-dir", str(paper_data), "--out", str(out))
-    assert again.returncode == 0 and _results(out) == before[1]
+    assert again.returncode == 0 and _results(out) == got
     status = run_cli("status", str(out))
     assert re.search(r"runs\s*│\s*0\s*│\s*0\s*│\s*2\s*│\s*0", status.stdout), status.stdout
 

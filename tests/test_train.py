@@ -3,7 +3,7 @@ across gradient accumulation, exact resume (in-process stop and a real SIGKILL),
 transformers / PEFT reload with the same numbers, FTICL prompts, bad inputs, a full disk.
 
 Most runs use a tiny random-weight Llama (2 layers, width 32, the default model's tokenizer) so that
-they take seconds; the reload tests fine-tune the real default model for a few steps.
+they take seconds; the reload tests fine-tune the real default model (one optimizer step each).
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ from ftgen.train import (
     tokenize,
     train,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def make_tiny_model(path: Path) -> Path:
@@ -160,21 +158,39 @@ def test_fticl_prompts_hold_the_pool_shots_and_train_only_the_answer(paper_data,
 
 
 def test_length_grouping_plan():
-    lengths = [(i * 37) % 101 + 5 for i in range(50)]
-    plan = epoch_plan(lengths, micro=4, per_step=2, seed=0, epoch=0)
-    assert all(len(step) == 2 for step in plan)
-    seen = [i for step in plan for mb in step if mb for i in mb]
+    lengths = [(i * 37) % 101 + 5 for i in range(50)]  # 5 .. 105 tokens
+
+    def plan(**kw):
+        args = dict(batch_size=8, micro=4, max_tokens=None, seed=0, epoch=0) | kw
+        return epoch_plan(lengths, args.pop("batch_size"), args.pop("micro"), args.pop("max_tokens"), **args)
+
+    p = plan()
+    assert len(p) == 7 and all(len(step) == 1 for step in p)  # 50 examples / 8 per step; one process
+    seen = [i for step in p for mb in step[0] for i in mb]
     assert sorted(seen) == list(range(50))  # every example once per epoch
-    assert plan[-1][-1] is None  # 13 micro-batches: the last step is filled with a no-op
-    assert plan == epoch_plan(lengths, micro=4, per_step=2, seed=0, epoch=0)  # a function of (seed, epoch)
-    assert plan != epoch_plan(lengths, micro=4, per_step=2, seed=0, epoch=1)
-    assert plan != epoch_plan(lengths, micro=4, per_step=2, seed=1, epoch=0)
+    assert sorted(sum(len(mb) for mb in step[0]) for step in p) == [2] + [8] * 6  # 50 = 6 x 8 + 2
+    assert p == plan()  # a pure function of (seed, epoch): what makes resume exact
+    assert p != plan(epoch=1) and p != plan(seed=1)
 
     def padded(p):
-        return sum(max(lengths[i] for i in mb) * len(mb) for step in p for mb in step if mb)
+        return sum(max(lengths[i] for i in mb) * len(mb) for step in p for share in step for mb in share if mb)
 
-    random_plan = epoch_plan(lengths, micro=4, per_step=2, seed=0, epoch=0, group_by_length=False)
-    assert padded(plan) < 0.8 * padded(random_plan)
+    assert padded(p) < 0.8 * padded(plan(group_by_length=False))
+
+    # the token cap: short examples many to a pass, long ones few, never over the cap
+    capped = plan(micro=8, max_tokens=200)
+    for step in capped:
+        for mb in step[0]:
+            assert len(mb) * max(lengths[i] for i in mb) <= 200 or len(mb) == 1
+    sizes = {len(mb) for step in capped for mb in step[0]}
+    assert min(sizes) < 4 < max(sizes)
+
+    # two processes: each takes half of every step; a short share gets a no-op (None) pass
+    two = plan(world=2, max_tokens=120)
+    for step, one in zip(two, p, strict=True):
+        assert len(step) == 2 and len(step[0]) == len(step[1])
+        assert sorted(i for share in step for mb in share if mb for i in mb) == sorted(i for mb in one[0] for i in mb)
+    assert any(mb is None for step in two for share in step for mb in share)
 
 
 # ---------------------------------------------------------------- loss normalisation
@@ -202,6 +218,22 @@ def test_accumulation_gives_the_full_batch_gradient(tiny_model, paper_data, tmp_
         torch.testing.assert_close(w8[k], w2[k], rtol=0, atol=1e-6)
 
 
+def test_response_loss_equals_the_models_own_loss_or_training_refuses(tiny_model, paper_data):
+    """The head-on-response shortcut is checked against the model's forward(labels=...) before training."""
+    from ftgen.models import load_model
+    from ftgen.train import check_response_loss
+
+    cfg, task, ds, shots, tok = _loaded(tiny_cfg(tiny_model, paper_data, task="question", train_size=4))
+    examples = tokenize(cfg, task, ds, shots, tok).examples
+    model, _ = load_model(tiny_model, dtype="fp32")
+    with torch.no_grad():  # sharper logits than a random init's, so post-processing them shows
+        model.get_output_embeddings().weight.mul_(50)
+    check_response_loss(model, examples, tok.pad_token_id)  # agrees: no error
+    model.config.final_logit_softcapping = 1.0  # what ResponseLoss applies but Llama's forward does not
+    with pytest.raises(UserError, match="differs from the model's own loss"):
+        check_response_loss(model, examples, tok.pad_token_id)
+
+
 def _loaded(cfg):
     from ftgen.models import load_tokenizer
 
@@ -212,6 +244,7 @@ def _loaded(cfg):
 # ---------------------------------------------------------------- real fine-tuning, reload
 
 
+@pytest.mark.slow  # the real default model: ~45 s alone, minutes on a busy machine
 def test_full_fine_tuning_lowers_the_loss_and_reloads_identically(paper_data, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -219,20 +252,20 @@ def test_full_fine_tuning_lowers_the_loss_and_reloads_identically(paper_data, tm
 
     cfg = TrainConfig(
         task="sentiment",
-        train_size=8,
+        train_size=4,
         data_dir=str(paper_data),
         epochs=1,
         lr=5e-5,
         batch_size=4,
-        micro_batch_size=4,
+        micro_batch_size=2,
         max_length=64,
         eval_loss=True,
     )
     out = tmp_path / "full"
-    s = train(cfg, out)
-    assert s["steps"] == 2 and s["kind"] == "full" and s["compute_dtype"] in ("bfloat16", "float32")
+    s = train(cfg, out)  # one optimizer step of 2 x 2 examples
+    assert s["steps"] == 1 and s["kind"] == "full" and s["compute_dtype"] in ("bfloat16", "float32")
     assert s["loss_after"] < 0.8 * s["loss_before"], s
-    assert (out / "loss.png").stat().st_size > 1000 and len(loss_rows(out)) == 2
+    assert (out / "loss.png").stat().st_size > 1000 and len(loss_rows(out)) == 1
     assert json.loads((out / "train_summary.json").read_text())["loss_after"] == s["loss_after"]
     assert not (out / "checkpoints").exists()
 
@@ -248,6 +281,7 @@ def test_full_fine_tuning_lowers_the_loss_and_reloads_identically(paper_data, tm
         assert torch.equal(model(x).logits, ours(x).logits)
 
 
+@pytest.mark.slow  # the real default model: ~45 s alone, minutes on a busy machine
 def test_lora_adapter_reloads_with_peft(paper_data, default_model_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -256,7 +290,7 @@ def test_lora_adapter_reloads_with_peft(paper_data, default_model_dir, tmp_path)
 
     cfg = TrainConfig(
         task="sentiment",
-        train_size=8,
+        train_size=4,
         data_dir=str(paper_data),
         epochs=1,
         lr=1e-3,
@@ -328,7 +362,7 @@ def test_resume_refuses_a_changed_config(tiny_model, paper_data, tmp_path):
 @pytest.mark.slow
 def test_resume_after_sigkill(tiny_model, paper_data, tmp_path):
     """A real `ftgen train` process killed with SIGKILL mid-run, resumed: same weights as a straight run."""
-    args = ["train", "--model", tiny_model, "--task", "sentiment", "--train-size", "48", "--data-dir"]
+    args = ["train", "--model", tiny_model, "--task", "sentiment", "--train-size", "24", "--data-dir"]
     args += [str(paper_data), "--epochs", "2", "--lr", "1e-3", "--batch-size", "4", "--micro-batch-size", "2"]
     args += ["--max-length", "96", "--save-every", "2"]
     code = "import sys; from ftgen.cli import main; sys.argv[0] = 'ftgen'; main()"
@@ -370,7 +404,7 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
         (["--fticl-shots", "9"], "pool 'amazon' has only 8"),
         (["--lora-r", "4", "--lora-targets", "q_proj,nope_proj"], "unknown LoRA target module(s) nope_proj"),
         (["--lora-r", "4", "--qlora"], "CUDA"),
-        (["--batch-size", "6", "--micro-batch-size", "4"], "multiple of micro_batch_size"),
+        (["--micro-batch-size", "0"], "micro_batch_size': Input should be greater than 0"),
         (["--train-set", "nope"], "unknown train set 'nope'"),
         (["--dtype", "fp8"], "unknown dtype"),
     ],

@@ -250,9 +250,12 @@ def bench_train_cmd(
     records: Annotated[int, typer.Option(help="Training records (one epoch).")] = 128,
     max_length: Annotated[int, typer.Option(help="Longest training sequence in tokens.")] = 512,
     batch_size: Annotated[int, typer.Option(help="Effective batch of both trainers.")] = 16,
-    micro_batch_size: Annotated[int, typer.Option(help="Micro-batch of both trainers.")] = 4,
+    baseline_micro_batch_size: Annotated[int, typer.Option(help="Micro-batch of the Trainer baseline.")] = 4,
+    micro_batch_size: Annotated[int | None, typer.Option(help="ftgen's micro-batch cap (its default).")] = None,
+    micro_batch_tokens: Annotated[int | None, typer.Option(help="ftgen's token cap (its default).")] = None,
     lr: Annotated[float, typer.Option(help="Learning rate of both trainers.")] = 2e-5,
     model: Annotated[str, typer.Option(help="Model to fine-tune.")] = "default",
+    repeat: Annotated[int, typer.Option(help="Rounds, alternating which trainer goes first; best time.")] = 1,
     out: Annotated[Path | None, typer.Option(help="Also write the numbers to this JSON file.")] = None,
 ):
     """ftgen's trainer vs a plain transformers.Trainer on the same epoch: tokens/s, losses, MFU."""
@@ -263,9 +266,12 @@ def bench_train_cmd(
         records=records,
         max_length=max_length,
         batch_size=batch_size,
+        baseline_micro_batch_size=baseline_micro_batch_size,
         micro_batch_size=micro_batch_size,
+        micro_batch_tokens=micro_batch_tokens,
         lr=lr,
         model=model,
+        repeat=repeat,
         out=out,
     )
 
@@ -341,7 +347,8 @@ def train_cmd(
     warmup_ratio: Annotated[float | None, _t("Fraction of steps spent warming up. [default: 0]")] = None,
     weight_decay: Annotated[float | None, _t("AdamW weight decay. [default: 0]")] = None,
     batch_size: Annotated[int | None, _t("Effective batch (examples per optimizer step). [default: 16]")] = None,
-    micro_batch_size: Annotated[int | None, _t("Examples per forward pass and process. [default: 4]")] = None,
+    micro_batch_size: Annotated[int | None, _t("Most examples per forward pass and process. [default: 16]")] = None,
+    micro_batch_tokens: Annotated[int | None, _t("Most padded tokens per forward pass. [default: 4096]")] = None,
     max_length: Annotated[int | None, _t("Longest training sequence in tokens. [default: 1024]")] = None,
     prompt_format: Annotated[int | None, _t("Prompt format (template index). [default: 0]")] = None,
     no_group_by_length: Annotated[bool, typer.Option(help="Random micro-batches instead of length groups.")] = False,
@@ -374,7 +381,8 @@ def train_cmd(
             raise UserError(f"{config}: expected a mapping of training fields")
     options = dict(locals())
     valued = ["task", "model", "train_set", "train_size", "sample_seed", "epochs", "max_steps", "lr", "lr_schedule"]
-    valued += ["warmup_ratio", "weight_decay", "batch_size", "micro_batch_size", "max_length", "prompt_format"]
+    valued += ["warmup_ratio", "weight_decay", "batch_size", "micro_batch_size", "micro_batch_tokens"]
+    valued += ["max_length", "prompt_format"]
     valued += ["fticl_shots", "fticl_pool", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "seed", "dtype"]
     valued += ["save_every", "keep_checkpoints"]
     values |= {name: options[name] for name in valued if options[name] is not None}

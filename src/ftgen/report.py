@@ -111,11 +111,16 @@ class StudyData:
         self.run_rows = sorted({r for r in rows if r.run_key is not None}, key=self._row_order)
         self.models = sorted({r.model for r in rows})
         self.swept = [f for f in ("lr", "epochs", "seed") if len({getattr(r, f) for r in self.run_rows}) > 1]
-        self.train_tasks = list(dict.fromkeys(r.train_task for r in self.run_rows))
+        trained = {r.train_task for r in self.run_rows}  # in the config's order (the runs table's row order)
+        self.train_tasks = [t for t in dict.fromkeys(r["train_task"] for r in self.runs.values()) if t in trained]
         self.methods = list(dict.fromkeys(r.method for r in self.run_rows))
 
     def _row_order(self, r: Row):
-        return (r.model, r.train_task or "", r.size or 0, r.method, r.lr or 0, r.epochs or 0, r.seed or 0)
+        order = list(dict.fromkeys(x["train_task"] for x in self.runs.values()))
+        methods = list(dict.fromkeys(x["method"] for x in self.runs.values()))
+        task = order.index(r.train_task) if r.train_task in order else len(order)
+        method = methods.index(r.method) if r.method in methods else len(methods)
+        return (r.model, task, r.size or 0, method, r.lr or 0, r.epochs or 0, r.seed or 0)
 
     def setting_label(self, setting: tuple[int, int]) -> str:
         rank, fmt = setting

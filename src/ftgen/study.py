@@ -8,12 +8,13 @@
 Keys: a unit's key is the hash of the canonical JSON of exactly what determines its result (for a
 training run: every TrainConfig field but paths and logging, the task definition, the train and pool
 files' content hashes; for a cell: the model's key, the task definition, the test and pool files'
-hashes, shots, format, limit, scoring, dtype). Its `slot` names its coordinates in the grid; the
-store holds one live row per slot.
+hashes, shots, format, limit, scoring, max_new_tokens, dtype; not batch sizes, threads or the executor).
+Its `slot` names its coordinates in the grid; the store holds one live row per slot.
 
-Order (local executor): the base model's cells first, then for each training run: train, then
-evaluate it on every cell. Each model is loaded once for all its cells. In-context examples at test
-time are the first k of the test set's own few-shot pool, as in the paper.
+Order (local executor, one worker): the base model's cells first, then for each training run: train,
+then evaluate it on every cell. Each model is loaded once for all its cells. With several workers (or
+Ray) units run as soon as a worker is free and their model exists. In-context examples at test time are
+the first k of the test set's own few-shot pool, as in the paper.
 """
 
 from __future__ import annotations
@@ -764,10 +765,16 @@ def estimate(plan: Plan, done_keys: set[str] = frozenset()) -> dict:
     models = {c.run.key if c.run else c.model for c in plan.cells if c.key not in done_keys}
     loads = len(models) * CPU_MODEL_LOAD_S
     eval_s = by_kind["classify"] + by_kind["generate"] + loads
+    cfg = plan.cfg
+    if cfg.executor == "ray":
+        at_once = max(1, int((cfg.ray.num_cpus or os.cpu_count() or 1) // cfg.ray.eval_cpus))
+    else:
+        at_once = cfg.workers
     return {
         "train_s": by_kind["train"],
         "eval_s": eval_s,
-        "total_s": by_kind["train"] + eval_s,
+        "at_once": at_once,
+        "total_s": (by_kind["train"] + eval_s) / at_once,
         "calibrated": bool(cal),
         "calibration": cal,
     }
@@ -833,9 +840,10 @@ def print_dry_run(plan: Plan, out: str | Path | None = None) -> None:
         if est["calibrated"]
         else "throughput constants of the default model on a shared 2-core CPU"
     )
+    at_once = f", {est['at_once']} units at once" if est["at_once"] > 1 else ""
     print(
-        f"estimate: ~{_fmt_s(est['total_s'])} on this machine's CPU (training ~{_fmt_s(est['train_s'])}, "
-        f"evaluation ~{_fmt_s(est['eval_s'])}); a cost model from character counts, {how}, scaled by "
+        f"estimate: ~{_fmt_s(est['total_s'])} on this machine's CPU (compute: training ~{_fmt_s(est['train_s'])}, "
+        f"evaluation ~{_fmt_s(est['eval_s'])}{at_once}); a cost model from character counts, {how}, scaled by "
         "parameter count (GPUs not modelled)"
     )
 

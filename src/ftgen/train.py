@@ -15,8 +15,11 @@ sync and sharded checkpoints; transformers gives the model and the schedule; PEF
   576 x 49152 matmul for the default model, plus the full-vocabulary float upcast and log-softmax)
   is applied to the response positions only. `ftgen bench train` measures this loop against a plain
   Trainer doing the same epoch (padding to the longest, full logits everywhere).
-- length grouping: micro-batches are cut from length-sorted chunks of a seeded shuffle and padded
-  only to their own longest example (right padding, so position ids stay correct).
+- length grouping: optimizer steps are cut from length-sorted chunks of a seeded shuffle (as HF's
+  group_by_length), and each step is split into micro-batches under two caps (micro_batch_size
+  examples, micro_batch_tokens padded tokens): short examples go many to a forward pass, long ones
+  few, and each micro-batch is padded only to its own longest example (right padding). Fewer, larger
+  forward passes matter on CPUs, where every op carries a fixed cost.
 
 Precision: fp32 master weights always; forward/backward under bf16 autocast where `choose_dtype`
 picks bf16 (AdamW updates at lr 2e-5 vanish when the weights themselves are bf16).
@@ -28,6 +31,7 @@ process takes every world-th micro-batch of a step, so N processes follow a 1-pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -49,7 +53,7 @@ from ftgen.errors import UserError
 from ftgen.files import atomic_write_json, atomic_write_jsonl, read_jsonl
 
 IGNORE = -100
-GROUP_CHUNK = 64  # length grouping sorts chunks of GROUP_CHUNK micro-batches (as HF's group_by_length megabatches)
+GROUP_CHUNK = 64  # length grouping sorts chunks of GROUP_CHUNK batches (as HF's group_by_length megabatches)
 RESUME_FREE_FIELDS = {"save_every", "keep_checkpoints", "clean_checkpoints", "log_every", "eval_loss"}
 
 
@@ -76,7 +80,10 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, description="gradient clipping norm (None: off)")
     batch_size: int = Field(16, gt=0, description="effective batch: examples per optimizer step, all processes")
-    micro_batch_size: int = Field(4, gt=0, description="examples per forward pass (per process)")
+    micro_batch_size: int = Field(16, gt=0, description="most examples per forward pass (per process)")
+    micro_batch_tokens: int | None = Field(
+        4096, gt=0, description="most padded tokens per forward pass (None: micro_batch_size alone decides)"
+    )
     max_length: int = Field(1024, gt=8, description="longest training sequence in tokens; longer inputs are cut")
     prompt_format: int = Field(0, ge=0)
     group_by_length: bool = Field(True, description="micro-batches of similar length (pad less)")
@@ -108,10 +115,6 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.batch_size % self.micro_batch_size:
-            raise ValueError(
-                f"batch_size {self.batch_size} must be a multiple of micro_batch_size {self.micro_batch_size}"
-            )
         if self.qlora and self.lora_r is None:
             raise ValueError("qlora needs a LoRA rank (lora_r)")
         if not self.lora_targets:
@@ -231,28 +234,56 @@ def collate(examples: list[Example], pad_id: int, device: torch.device | str = "
     }
 
 
-def epoch_plan(
-    lengths: list[int], micro: int, per_step: int, seed: int, epoch: int, group_by_length: bool = True
-) -> list[list[list[int] | None]]:
-    """The optimizer steps of one epoch, each a list of `per_step` micro-batches of example indices.
+def split_micro(indices: list[int], lengths: list[int], micro: int, max_tokens: int | None) -> list[list[int]]:
+    """Consecutive micro-batches of at most `micro` examples and `max_tokens` tokens once padded."""
+    out: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in indices:
+        width = max(longest, lengths[i])
+        if current and (len(current) == micro or (max_tokens and (len(current) + 1) * width > max_tokens)):
+            out.append(current)
+            current, width = [], lengths[i]
+        current.append(i)
+        longest = width
+    return out + [current] if current else out
 
-    A pure function of (seed, epoch): resume replays it exactly. With length grouping, a seeded shuffle
-    is cut into chunks, each chunk sorted by length and cut into micro-batches, and the micro-batches
-    are shuffled again. The last step is filled up with `None` (a no-op micro-batch) so every step has
-    the same number of forward passes on every process.
+
+def epoch_plan(
+    lengths: list[int],
+    batch_size: int,
+    micro: int,
+    max_tokens: int | None,
+    seed: int,
+    epoch: int,
+    world: int = 1,
+    group_by_length: bool = True,
+    min_micro_batches: int = 1,
+) -> list[list[list[list[int] | None]]]:
+    """The optimizer steps of one epoch: plan[step][process] = that process's micro-batches.
+
+    A pure function of (seed, epoch): resume replays it exactly. A seeded shuffle is cut into chunks
+    of GROUP_CHUNK batches, each chunk sorted by length (as HF's group_by_length), cut into batches of
+    `batch_size` examples (one optimizer step each), and the steps are shuffled. Each process takes
+    every world-th example of a step and cuts its share into micro-batches under both caps, so short
+    examples go many to a forward pass and long ones few. Processes with fewer micro-batches than the
+    others (or than `min_micro_batches`) get `None`: a no-op pass that keeps gradient sync in step.
     """
     rng = random.Random(f"ftgen-train:{seed}:{epoch}")
     order = list(range(len(lengths)))
     rng.shuffle(order)
     if group_by_length:
-        chunk = micro * GROUP_CHUNK
+        chunk = batch_size * GROUP_CHUNK
         order = [i for c in range(0, len(order), chunk) for i in sorted(order[c : c + chunk], key=lengths.__getitem__)]
-    micro_batches: list[list[int] | None] = [order[i : i + micro] for i in range(0, len(order), micro)]
+    steps = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if group_by_length:
-        rng.shuffle(micro_batches)
-    steps = [micro_batches[i : i + per_step] for i in range(0, len(micro_batches), per_step)]
-    steps[-1] = steps[-1] + [None] * (per_step - len(steps[-1]))
-    return steps
+        rng.shuffle(steps)  # long and short steps interleave
+    plan = []
+    for step in steps:
+        shares = [split_micro(step[r::world], lengths, micro, max_tokens) for r in range(world)]
+        width = max(min_micro_batches, *(len(s) for s in shares))
+        plan.append([s + [None] * (width - len(s)) for s in shares])
+    return plan
 
 
 # ---------------------------------------------------------------- loss
@@ -276,6 +307,29 @@ class ResponseLoss(nn.Module):
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return F.cross_entropy(logits, targets[keep], reduction="sum")
+
+
+@torch.no_grad()
+def check_response_loss(model: nn.Module, examples: list[Example], pad_id: int) -> None:
+    """ResponseLoss must equal the model's own loss: catches architectures that post-process their logits.
+
+    One fp32 forward of the two shortest examples, in eval mode (no dropout, no RNG drawn).
+    """
+    batch = collate(sorted(examples, key=lambda e: len(e.ids))[:2], pad_id, next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    ours = ResponseLoss(model)(**batch).item()
+    labels = torch.where(batch["attention_mask"].bool(), batch["input_ids"], IGNORE)
+    labels[:, 1:] = batch["targets"][:, :-1]  # HF shifts labels itself: label t = target of position t-1
+    labels[:, 0] = IGNORE
+    n = int((batch["targets"] != IGNORE).sum())
+    theirs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss.item() * n
+    model.train(was_training)
+    if not math.isclose(ours, theirs, rel_tol=1e-3, abs_tol=1e-3):
+        raise UserError(
+            f"model '{type(model).__name__}': the response-only loss ({ours:.4f}) differs from the model's own "
+            f"loss ({theirs:.4f}) on the same tokens; its logits are post-processed in a way ftgen does not know"
+        )
 
 
 @torch.no_grad()
@@ -504,13 +558,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     compute_dtype = choose_dtype(cfg.dtype, device_type)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if cfg.batch_size % (cfg.micro_batch_size * world):
-        raise UserError(
-            f"batch size {cfg.batch_size} must be a multiple of micro-batch size x processes "
-            f"({cfg.micro_batch_size} x {world})"
-        )
-    per_step = cfg.batch_size // cfg.micro_batch_size  # micro-batches per optimizer step, all processes
-    accelerator = make_accelerator(compute_dtype, per_step // world, cfg.micro_batch_size)
+    if cfg.batch_size % world:
+        raise UserError(f"batch size {cfg.batch_size} must be a multiple of the number of processes ({world})")
+    # DeepSpeed fixes its accumulation steps up front: fixed micro-batches there, token-capped elsewhere
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    ds_accum = math.ceil(cfg.batch_size // world / cfg.micro_batch_size) if deepspeed else 1
+    accelerator = make_accelerator(compute_dtype, ds_accum, cfg.micro_batch_size)
     rank = accelerator.process_index
     assert accelerator.num_processes == world, (accelerator.num_processes, world)
     main = accelerator.is_main_process
@@ -529,9 +582,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
     model, tokenizer = build_model(cfg, base_path, accelerator.device, compute_dtype)
     data = tokenize(cfg, task, ds, shots, tokenizer)
     examples, pad_id = data.examples, tokenizer.pad_token_id
+    if not cfg.qlora:  # 4-bit weights would not match fp32 closely enough for the check
+        check_response_loss(model, examples, pad_id)
     lengths = [len(e.ids) for e in examples]
-    micro_steps = math.ceil(len(examples) / cfg.micro_batch_size)
-    steps_per_epoch = math.ceil(micro_steps / per_step)
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total_steps = math.ceil(cfg.epochs * steps_per_epoch)
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
@@ -585,6 +639,16 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
         if main:
             prune_checkpoints(ckpt_root, cfg.keep_checkpoints)
 
+    def sync(last: bool):
+        """Gradients are all-reduced once per step, after the last micro-batch (DeepSpeed: its own rule)."""
+        if deepspeed:
+            return accelerator.accumulate(wrapped)
+        return contextlib.nullcontext() if last else accelerator.no_sync(wrapped)
+
+    # DDP / FSDP average gradients over processes and DeepSpeed divides by its accumulation steps:
+    # undo both, so that the gradient is d(sum of the step's response-token losses) / their count.
+    grad_scale = world * ds_accum
+    micro_tokens = None if deepspeed else cfg.micro_batch_tokens
     shortest = [min(range(len(examples)), key=lengths.__getitem__)]  # stand-in for a no-op micro-batch
     log_file = open(out / "loss.jsonl", "a") if main else None
     bar = progress.bar(total=total_steps, desc="train", unit="step", initial=start_step) if main else None
@@ -596,19 +660,20 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
             t0 = time.perf_counter()
             epoch, k = divmod(step, steps_per_epoch)
             if epoch != plan_epoch:
-                plan = epoch_plan(lengths, cfg.micro_batch_size, per_step, cfg.seed, epoch, cfg.group_by_length)
+                plan = epoch_plan(
+                    lengths, cfg.batch_size, cfg.micro_batch_size, micro_tokens, cfg.seed, epoch, world,
+                    cfg.group_by_length, ds_accum,
+                )  # fmt: skip
                 plan_epoch = epoch
-            window = plan[k]
-            n_resp = sum(examples[i].n_answer for mb in window if mb for i in mb)
+            window = [i for share in plan[k] for mb in share if mb for i in mb]  # the step's examples
+            n_resp = sum(examples[i].n_answer for i in window)
             step_loss = torch.zeros((), device=accelerator.device)
-            for mb in window[rank::world]:
+            mine = plan[k][rank]
+            for j, mb in enumerate(mine):
                 batch = collate([examples[i] for i in (mb or shortest)], pad_id, accelerator.device)
-                # accelerate divides by the accumulation steps and DDP averages over processes:
-                # undo both so the gradient is d(sum of response-token losses in the window) / n_resp.
-                scale = (per_step / n_resp) if mb else 0.0
-                with accelerator.accumulate(wrapped):
+                with sync(last=j == len(mine) - 1):
                     loss_sum = wrapped(**batch)
-                    accelerator.backward(loss_sum * scale)
+                    accelerator.backward(loss_sum * (grad_scale / n_resp if mb else 0.0))
                 step_loss += loss_sum.detach() * (mb is not None)
             # clip (or just measure: an infinite norm scales by exactly 1) the window's gradient
             grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm or math.inf)
@@ -617,7 +682,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
             optimizer.zero_grad(set_to_none=True)
 
             loss = accelerator.reduce(step_loss, "sum").item() / n_resp
-            step_tokens = sum(lengths[i] for mb in window if mb for i in mb)
+            step_tokens = sum(lengths[i] for i in window)
             tokens_done += step_tokens
             train_time += time.perf_counter() - t0
             row = {
