@@ -107,8 +107,11 @@ def test_semantic_errors_name_the_field(paper_data, path, value, field):
 
 
 def test_bad_train_args_value_is_named(paper_data):
-    cfg = parse_study(with_change("train_args", {"batch_size": 6, "micro_batch_size": 4}), "s.yaml")
-    with pytest.raises(UserError, match="batch_size 6 must be a multiple"):
+    cfg = parse_study(with_change("train_args", {"lora_dropout": 1.5}), "s.yaml")
+    with pytest.raises(UserError, match="field 'train_args.lora_dropout': Input should be less than 1"):
+        build_plan(validate_study(cfg, paper_data, "s.yaml"))
+    cfg = parse_study(with_change("methods.1.lora_r", 8) | {"train_args": {"lora_targets": []}}, "s.yaml")
+    with pytest.raises(UserError, match="lora_targets: give at least one module name"):
         build_plan(validate_study(cfg, paper_data, "s.yaml"))
 
 

@@ -327,46 +327,51 @@ def _t(help: str, *flags: str):
     return typer.Option(*flags, help=help, show_default=False)
 
 
+def _flag(flag: str, help: str):
+    """A `train` on/off flag: just the flag, no --no-X twin."""
+    return typer.Option(flag, help=help)
+
+
 @app.command("train")
 def train_cmd(
     out: Annotated[Path, typer.Option(help="Output dir: model/, train_summary.json, loss.jsonl/png, checkpoints/.")],
     task: Annotated[str | None, _t("Task to fine-tune on (name or task YAML).")] = None,
     config: Annotated[Path | None, _t("YAML file of training fields; command-line options override it.")] = None,
-    model: Annotated[str | None, _t("Model: 'default', an HF id or a local dir. [default: default]")] = None,
-    train_set: Annotated[str | None, _t("Train set name or file. [default: the task's in-domain set]")] = None,
-    train_size: Annotated[int | None, _t("Train on the first N records. [default: all]")] = None,
+    model: Annotated[str | None, _t("Model: 'default', an HF id or a local dir. (default: default)")] = None,
+    train_set: Annotated[str | None, _t("Train set name or file. (default: the task's in-domain set)")] = None,
+    train_size: Annotated[int | None, _t("Train on the first N records. (default: all)")] = None,
     sample_seed: Annotated[int | None, _t("Sample the N records with this seed instead of taking the first N.")] = None,
-    allow_smaller: Annotated[bool, typer.Option(help="Use all records when the set has fewer than N.")] = False,
-    skip_invalid: Annotated[bool, typer.Option(help="Drop and count invalid records instead of failing.")] = False,
+    allow_smaller: Annotated[bool, _flag("--allow-smaller", "Use all records when the set has fewer than N.")] = False,
+    skip_invalid: Annotated[bool, _flag("--skip-invalid", "Drop and count invalid records, do not fail.")] = False,
     data_dir: DataDirOpt = None,
     task_dir: TaskDirOpt = None,
-    epochs: Annotated[float | None, _t("Passes over the train set. [default: 2]")] = None,
+    epochs: Annotated[float | None, _t("Passes over the train set. (default: 2)")] = None,
     max_steps: Annotated[int | None, _t("Stop after N optimizer steps (the schedule too).")] = None,
-    lr: Annotated[float | None, _t("Peak learning rate. [default: 2e-5]")] = None,
-    lr_schedule: Annotated[str | None, _t("linear, cosine or constant. [default: linear]")] = None,
-    warmup_ratio: Annotated[float | None, _t("Fraction of steps spent warming up. [default: 0]")] = None,
-    weight_decay: Annotated[float | None, _t("AdamW weight decay. [default: 0]")] = None,
-    batch_size: Annotated[int | None, _t("Effective batch (examples per optimizer step). [default: 16]")] = None,
-    micro_batch_size: Annotated[int | None, _t("Most examples per forward pass and process. [default: 16]")] = None,
-    micro_batch_tokens: Annotated[int | None, _t("Most padded tokens per forward pass. [default: 4096]")] = None,
-    max_length: Annotated[int | None, _t("Longest training sequence in tokens. [default: 1024]")] = None,
-    prompt_format: Annotated[int | None, _t("Prompt format (template index). [default: 0]")] = None,
-    no_group_by_length: Annotated[bool, typer.Option(help="Random micro-batches instead of length groups.")] = False,
-    fticl_shots: Annotated[int | None, _t("FTICL: k in-context examples in each training prompt. [default: 0]")] = None,
-    fticl_pool: Annotated[str | None, _t("Few-shot pool for FTICL. [default: the train set's]")] = None,
+    lr: Annotated[float | None, _t("Peak learning rate. (default: 2e-5)")] = None,
+    lr_schedule: Annotated[str | None, _t("linear, cosine or constant. (default: linear)")] = None,
+    warmup_ratio: Annotated[float | None, _t("Fraction of steps spent warming up. (default: 0)")] = None,
+    weight_decay: Annotated[float | None, _t("AdamW weight decay. (default: 0)")] = None,
+    batch_size: Annotated[int | None, _t("Effective batch (examples per optimizer step). (default: 16)")] = None,
+    micro_batch_size: Annotated[int | None, _t("Most examples per forward pass and process. (default: 16)")] = None,
+    micro_batch_tokens: Annotated[int | None, _t("Most padded tokens per forward pass. (default: 4096)")] = None,
+    max_length: Annotated[int | None, _t("Longest training sequence in tokens. (default: 1024)")] = None,
+    prompt_format: Annotated[int | None, _t("Prompt format (template index). (default: 0)")] = None,
+    no_group_by_length: Annotated[bool, _flag("--no-group-by-length", "Random order, no length groups.")] = False,
+    fticl_shots: Annotated[int | None, _t("FTICL: k in-context examples in each training prompt. (default: 0)")] = None,
+    fticl_pool: Annotated[str | None, _t("Few-shot pool for FTICL. (default: the train set's)")] = None,
     lora_r: Annotated[int | None, _t("LoRA rank (unset: full fine-tuning).")] = None,
-    lora_alpha: Annotated[float | None, _t("LoRA alpha. [default: 2 x rank]")] = None,
-    lora_dropout: Annotated[float | None, _t("LoRA dropout. [default: 0.05]")] = None,
-    lora_targets: Annotated[str | None, _t("Comma list of module names to adapt. [default: all-linear]")] = None,
-    qlora: Annotated[bool, typer.Option(help="4-bit base weights under the LoRA adapter (CUDA only).")] = False,
-    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations (less memory).")] = False,
-    seed: Annotated[int | None, _t("Seed of data order and initialisation. [default: 0]")] = None,
-    dtype: Annotated[str | None, _t("Compute dtype: auto, bf16, fp16, fp32. [default: auto]")] = None,
+    lora_alpha: Annotated[float | None, _t("LoRA alpha. (default: 2 x rank)")] = None,
+    lora_dropout: Annotated[float | None, _t("LoRA dropout. (default: 0.05)")] = None,
+    lora_targets: Annotated[str | None, _t("Comma list of module names to adapt. (default: all-linear)")] = None,
+    qlora: Annotated[bool, _flag("--qlora", "4-bit base weights under the LoRA adapter (CUDA only).")] = False,
+    gradient_checkpointing: Annotated[bool, _flag("--gradient-checkpointing", "Less memory, more time.")] = False,
+    seed: Annotated[int | None, _t("Seed of data order and initialisation. (default: 0)")] = None,
+    dtype: Annotated[str | None, _t("Compute dtype: auto, bf16, fp16, fp32. (default: auto)")] = None,
     save_every: Annotated[int | None, _t("Checkpoint every N optimizer steps.")] = None,
-    keep_checkpoints: Annotated[int | None, _t("Checkpoints kept while training. [default: 1]")] = None,
-    no_clean_checkpoints: Annotated[bool, typer.Option(help="Keep checkpoints/ after the final save.")] = False,
-    eval_loss: Annotated[bool, typer.Option(help="Measure the train-set loss before and after training.")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint in --out.")] = False,
+    keep_checkpoints: Annotated[int | None, _t("Checkpoints kept while training. (default: 1)")] = None,
+    no_clean_checkpoints: Annotated[bool, _flag("--no-clean-checkpoints", "Keep checkpoints/ at the end.")] = False,
+    eval_loss: Annotated[bool, _flag("--eval-loss", "Measure the train-set loss before and after training.")] = False,
+    resume: Annotated[bool, _flag("--resume", "Continue from the latest checkpoint in --out.")] = False,
 ):
     """Fine-tune a model on one task's training set (full or LoRA, optionally with in-context examples)."""
     import os
@@ -418,12 +423,10 @@ def train_cmd(
 def study_cmd(
     config: Annotated[Path, typer.Argument(help="Study YAML: models, train tasks and sizes, methods, evaluation.")],
     out: Annotated[
-        Path | None, typer.Option(help="Output dir: results.sqlite, runs/, report/. [default: runs/NAME]")
+        Path | None, typer.Option(help="Output dir: results.sqlite, runs/, report/. (default: runs/NAME)")
     ] = None,
     data_dir: DataDirOpt = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the grid and a time estimate; run nothing.")
-    ] = False,
+    dry_run: Annotated[bool, _flag("--dry-run", "Print the grid and a time estimate; run nothing.")] = False,
     limit: Annotated[int | None, typer.Option(help="Records per test set (overrides eval.limit).")] = None,
     executor: Annotated[str | None, typer.Option(help="local or ray (overrides executor:).")] = None,
     rerun_changed: Annotated[
@@ -431,7 +434,7 @@ def study_cmd(
     ] = False,
 ):
     """Run a whole study: every training run and evaluation cell of the grid, resumable after any kill."""
-    from ftgen.study import _fmt_s, load_plan, print_dry_run, run_study
+    from ftgen.study import fmt_seconds, load_plan, print_dry_run, run_study
 
     if executor not in (None, "local", "ray"):
         raise UserError(f"--executor: unknown executor '{executor}' (use local or ray)")
@@ -447,7 +450,8 @@ def study_cmd(
     runs, cells = s["runs"], s["cells"]
     print(
         f"study {s['name']}: {runs['done']} training runs and {cells['done']} evaluation cells done, "
-        f"{runs['failed']} + {cells['failed']} failed, in {_fmt_s(s['seconds'])}; results in {out / 'results.sqlite'}"
+        f"{runs['failed']} + {cells['failed']} failed, in {fmt_seconds(s['seconds'])}; "
+        f"results in {out / 'results.sqlite'}"
     )
     print(f"next: ftgen report {out}")
     if runs["failed"] or cells["failed"]:
@@ -460,12 +464,12 @@ def study_cmd(
 @app.command("status")
 def status_cmd(out: Annotated[Path, typer.Argument(help="A study's output dir.")]):
     """Done / running / failed / pending training runs and evaluation cells of a study (safe while it runs)."""
-    from ftgen.study import _fmt_s, study_status
+    from ftgen.study import fmt_seconds, study_status
 
     s = study_status(out)
     rows = [{"": table, **{k: v for k, v in c.items() if k != "superseded" or v}} for table, c in s["counts"].items()]
     print_table(f"Study {s['name']} in {out}", rows, list(dict.fromkeys(k for r in rows for k in r)))
-    print(f"compute time of the done units: {_fmt_s(s['compute_s'])}")
+    print(f"compute time of the done units: {fmt_seconds(s['compute_s'])}")
     print(f"study process: {s['writer'] or 'none (not running)'}")
     for slot in s["running"]:
         print(f"running: {slot}" if s["writer"] else f"stale (its process died; redone on the next run): {slot}")
@@ -476,7 +480,7 @@ def status_cmd(out: Annotated[Path, typer.Argument(help="A study's output dir.")
 @app.command("report")
 def report_cmd(
     out: Annotated[Path, typer.Argument(help="A study's output dir.")],
-    to: Annotated[Path | None, typer.Option(help="Where the report goes. [default: OUT/report]")] = None,
+    to: Annotated[Path | None, typer.Option(help="Where the report goes. (default: OUT/report)")] = None,
 ):
     """Tables (markdown, CSV, LaTeX), heatmaps and plots of a study, and one self-contained report.html."""
     from ftgen.report import write_report

@@ -192,7 +192,7 @@ def _is_tag(part: object) -> bool:
     return isinstance(part, str) and bool(_TAG.match(part))
 
 
-def format_errors(source: str, err: ValidationError) -> str:
+def format_errors(source: str, err: ValidationError, rename: dict[str, str] | None = None) -> str:
     """All validation errors on one line, each naming its field by dotted path.
 
     A union field (`int | dict`) fails once per branch; keep the branch the input was meant for
@@ -203,6 +203,8 @@ def format_errors(source: str, err: ValidationError) -> str:
     for e in errors:
         loc = e["loc"]
         path = ".".join(str(p) for p in loc if not _is_tag(p)) or "(top level)"
+        if rename and loc and str(loc[0]) in rename:  # e.g. a TrainConfig field -> where the study sets it
+            path = ".".join([rename[str(loc[0])], *path.split(".")[1:]])
         at_branch = bool(loc) and _is_tag(loc[-1]) and e["type"] in _MISMATCH
         msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
         by_field.setdefault(path, []).append((at_branch, msg))

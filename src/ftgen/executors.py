@@ -54,17 +54,23 @@ class LocalExecutor:
         self._queue.clear()
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
     """In each pool process: die with the parent (Linux), no progress bars (the driver logs each unit)."""
     import ctypes
+    import os
     import signal
     import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above: no signal will come
+            os._exit(1)
+    from transformers.utils import logging as hf_logging
 
     from ftgen import progress
 
     progress.set_quiet(True)
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    hf_logging.disable_progress_bar()  # "Loading weights" bars of N processes would interleave
 
 
 class PoolExecutor:
@@ -74,10 +80,13 @@ class PoolExecutor:
 
     def __init__(self, workers: int) -> None:
         import multiprocessing
+        import os
         from concurrent.futures import ProcessPoolExecutor
 
         self.pool = ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(os.getpid(),),
         )
         self._futures: dict = {}
         self._ids = itertools.count()

@@ -645,8 +645,8 @@ def runs_html(d: StudyData) -> str:
         )
         out.append(
             f"<tr><td class='l'>{e(d.row_label(row))}</td><td>{key}</td><td>{s.get('records', '-')}</td>"
-            f"<td>{s.get('steps', '-')}</td><td>{_fmt(s.get('loss_first_epoch'))}</td>"
-            f"<td>{_fmt(s.get('loss_last_epoch'))}</td><td>{s.get('tokens_per_s', '-')}</td>"
+            f"<td>{s.get('steps', '-')}</td><td>{_fmt_loss(s.get('loss_first_epoch'))}</td>"
+            f"<td>{_fmt_loss(s.get('loss_last_epoch'))}</td><td>{s.get('tokens_per_s', '-')}</td>"
             f"<td>{_fmt(r['seconds'])} s</td></tr>"
         )
     out.append("</table>")

@@ -31,7 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftgen import progress
-from ftgen.config import Resolved, StudyConfig, load_study, resolve_data_dir, validate_study
+from ftgen.config import (
+    STUDY_OWNED_TRAIN_FIELDS,
+    Resolved,
+    StudyConfig,
+    format_errors,
+    load_study,
+    resolve_data_dir,
+    validate_study,
+)
 from ftgen.data import read_raw_records
 from ftgen.errors import UserError
 from ftgen.files import atomic_write_text
@@ -162,7 +170,9 @@ def _run_spec(
     resolved: Resolved, i: int, model: str, size: int, method, lr: float, epochs: float, seed: int
 ) -> RunSpec:
     """One training run: its TrainConfig (validated by the training engine) and its identity."""
-    from ftgen.train import parse_config
+    from pydantic import ValidationError
+
+    from ftgen.train import TrainConfig
 
     cfg = resolved.cfg
     task = resolved.tasks[cfg.train[i].task]
@@ -183,7 +193,15 @@ def _run_spec(
     }
     if method.lora_alpha is not None:
         fields["lora_alpha"] = method.lora_alpha
-    tc = parse_config(fields, f"{cfg.name}: training run (train.{i}, method {method.display})")
+    try:
+        tc = TrainConfig.model_validate(fields)
+    except ValidationError as e:  # name the study's field: train_args.X, hyper.lr, methods.N.lora_r, ...
+        where = {f: f"train_args.{f}" for f in cfg.train_args} | {
+            f: p.replace("train.N", f"train.{i}").replace("methods.N", f"methods.{cfg.methods.index(method)}")
+            for f, p in STUDY_OWNED_TRAIN_FIELDS.items()
+        }
+        source = f"{cfg.name}: training run (train.{i}, method {method.display})"
+        raise UserError(format_errors(source, e, where)) from None
     dump = tc.model_dump()
     pool = file_sha(resolved.files[task.name].pools[tc.fticl_pool or train_set]) if k else None
     identity = {
@@ -452,7 +470,7 @@ def _error_line(err: BaseException) -> str:
     return (text.strip().splitlines() or [type(cause).__name__])[0][:500]
 
 
-def _fmt_s(seconds: float) -> str:
+def fmt_seconds(seconds: float) -> str:
     """12s, 3m05s, 2h10m, 3.5 days."""
     s = int(round(seconds))
     if s >= 2 * 86400:
@@ -547,8 +565,8 @@ def drive(plan: Plan, store: Store, executor, data_dir: Path) -> dict:
 
     def log_done(spec, seconds: float, extra: str) -> None:
         done = sum(counts.values())
-        elapsed = _fmt_s(time.perf_counter() - t_start)
-        msg = f"[{done}/{total}] {describe(spec)}: {extra} ({_fmt_s(seconds)}; study {elapsed})"
+        elapsed = fmt_seconds(time.perf_counter() - t_start)
+        msg = f"[{done}/{total}] {describe(spec)}: {extra} ({fmt_seconds(seconds)}; study {elapsed})"
         pbar.update(1)
         if not progress.is_quiet():
             pbar.write(msg, file=sys.stderr)
@@ -656,13 +674,14 @@ def run_study(
 
 # ---------------------------------------------------------------- dry run: the grid and a time estimate
 
-# Throughput of the default model (SmolLM2-135M, fp32) on the 2-core development CPU, shared with other
-# work; other models are scaled by parameter count; GPUs are not modelled. After each study the ratio of
-# measured to estimated seconds per kind of unit is saved (`calibration_path()`) and used from then on.
+# Throughput of the default model (SmolLM2-135M, fp32, 1 thread per unit) measured by configs/quick.yaml
+# on the 2-core development CPU while other work shared it (load ~4); other models are scaled by
+# parameter count; GPUs are not modelled. After each study the ratio of measured to estimated seconds
+# per kind of unit is saved (`calibration_path()`) and used from then on.
 REF_PARAMS = 135e6
-CPU_TRAIN_TOKENS_S = 40.0  # training tokens (forward + backward + optimizer step) per second
-CPU_PREFILL_TOKENS_S = 300.0  # prompt tokens per second in evaluation (a shared prefix counted once)
-CPU_DECODE_STEPS_S = 1.0  # greedy decoding steps per second for a batch
+CPU_TRAIN_TOKENS_S = 60.0  # training tokens (forward + backward + optimizer step) per second
+CPU_PREFILL_TOKENS_S = 110.0  # prompt tokens per second in evaluation (a shared prefix counted once)
+CPU_DECODE_STEPS_S = 1.1  # greedy decoding steps per second for a batch
 CPU_MODEL_LOAD_S = 4.0
 CHARS_PER_TOKEN = 3.6  # English text, BPE tokenizers of 32k-50k entries
 KINDS = ("train", "classify", "generate")
@@ -726,11 +745,17 @@ def calibration_path() -> Path:
     return cache_dir() / "study_calibration.json"
 
 
+def _constants() -> list[float]:
+    return [CPU_TRAIN_TOKENS_S, CPU_PREFILL_TOKENS_S, CPU_DECODE_STEPS_S]
+
+
 def load_calibration() -> dict:
+    """The saved factors, if they were measured against the current constants."""
     try:
-        return json.loads(calibration_path().read_text())
+        cal = json.loads(calibration_path().read_text())
     except (OSError, ValueError):
         return {}
+    return cal if cal.get("constants") == _constants() else {}
 
 
 def save_calibration(plan: Plan, store: Store) -> None:
@@ -747,7 +772,13 @@ def save_calibration(plan: Plan, store: Store) -> None:
     factors = {k: round(got[k] / est[k], 3) if est[k] > 1 else old.get(k) for k in KINDS}
     new = {k: v for k, v in factors.items() if v is not None}
     if new:
-        new |= {"study": plan.cfg.name, "host": os.uname().nodename, "cpus": os.cpu_count(), "when": time.time()}
+        new |= {
+            "study": plan.cfg.name,
+            "host": os.uname().nodename,
+            "cpus": os.cpu_count(),
+            "when": time.time(),
+            "constants": _constants(),
+        }
         try:
             atomic_write_text(calibration_path(), json.dumps(new, indent=2))
         except OSError:
@@ -842,8 +873,9 @@ def print_dry_run(plan: Plan, out: str | Path | None = None) -> None:
     )
     at_once = f", {est['at_once']} units at once" if est["at_once"] > 1 else ""
     print(
-        f"estimate: ~{_fmt_s(est['total_s'])} on this machine's CPU (compute: training ~{_fmt_s(est['train_s'])}, "
-        f"evaluation ~{_fmt_s(est['eval_s'])}{at_once}); a cost model from character counts, {how}, scaled by "
+        f"estimate: ~{fmt_seconds(est['total_s'])} on this machine's CPU "
+        f"(compute: training ~{fmt_seconds(est['train_s'])}, "
+        f"evaluation ~{fmt_seconds(est['eval_s'])}{at_once}); a cost model from character counts, {how}, scaled by "
         "parameter count (GPUs not modelled)"
     )
 

@@ -26,7 +26,7 @@ picks bf16 (AdamW updates at lr 2e-5 vanish when the weights themselves are bf16
 
 Scale-out: the same `ftgen train` under `torchrun` (DDP on CPU, gloo) or `accelerate launch` with a
 config of configs/accelerate/ (DDP, FSDP, DeepSpeed ZeRO-3 on GPUs). `batch_size` is global; each
-process takes every world-th micro-batch of a step, so N processes follow a 1-process run.
+process takes every world-th example of a step, so N processes follow a 1-process run (tested).
 """
 
 from __future__ import annotations
