@@ -84,7 +84,8 @@ class PoolExecutor:
         from concurrent.futures import ProcessPoolExecutor
 
         self.pool = ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
             initargs=(os.getpid(),),
         )
