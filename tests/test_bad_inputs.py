@@ -3,6 +3,7 @@ one clear line naming the problem, exit code 2, no traceback, and write nothing.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -46,6 +47,35 @@ DATA_CASES = {
     "wrong_suffix.txt": "unsupported file type",
     "no_output_column.csv": "field 'output': missing",
     "non_utf8.json": "not valid UTF-8",
+}
+
+STUDY_CASES = {
+    "bad_name.yaml": "field 'name'",
+    "bad_prompt_format.yaml": "field 'eval.prompt_formats.0': task 'sentiment' has 2 prompt formats",
+    "duplicate_method_labels.yaml": "field 'methods.1.label'",
+    "duplicate_models.yaml": "field 'models': duplicate models",
+    "empty.yaml": "empty file",
+    "ft_with_shots.yaml": "field 'methods.0.shots': only fticl",
+    "fticl_shots_beyond_pool.yaml": "field 'methods.0.shots': k=50",
+    "list_not_mapping.yaml": "must be a mapping",
+    "max_new_tokens_on_classification.yaml": "not a generation task",
+    "missing_data_dir.yaml": "/nonexistent/paper-data: data directory not found",
+    "negative_lr.yaml": "field 'hyper.lr'",
+    "negative_size.yaml": "field 'train.0.sizes.0'",
+    "non_utf8.yaml": "not valid UTF-8",
+    "shots_beyond_pool.yaml": "field 'eval.shots.sentiment': 50 shots",
+    "size_too_big.yaml": "field 'train.0.sizes.0': 99999 records",
+    "study_owned_train_arg.yaml": "field 'train_args.lr': set by the study",
+    "task_listed_twice.yaml": "field 'train.1.task'",
+    "truncated.yaml": "invalid YAML",
+    "unknown_field.yaml": "field 'epochz': unknown field",
+    "unknown_task.yaml": "unknown task 'sentimental'",
+    "unknown_test_set.yaml": "no test set 'imdb'",
+    "unknown_train_arg.yaml": "field 'train_args.batch': not a training option",
+    "workers_not_a_number.yaml": "field 'workers'",
+    "wrong_type_lr.yaml": "field 'hyper.lr.0'",
+    "zero_limit.yaml": "field 'eval.limit'",
+    "zero_size.yaml": "field 'train.0.sizes.0'",
 }
 
 
@@ -134,3 +164,36 @@ def test_bad_train_arguments(args, needle, paper_data, tmp_path, capsys):
     )
     assert_user_error(result, needle)
     assert not (out / "model").exists()
+
+
+def test_every_bad_input_file_has_a_case():
+    for folder, cases in (("tasks", TASK_CASES), ("data", DATA_CASES | LONG), ("studies", STUDY_CASES)):
+        assert sorted(p.name for p in (HERE / folder).iterdir()) == sorted(cases), folder
+
+
+LONG = {"huge_record.json": "one 1 MB record: valid, truncated by the documented rule and counted"}
+
+
+def test_a_1mb_record_is_truncated_and_counted(default_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["eval", "--model", str(default_model_dir), "--task", "sentiment", "--max-length", "256"]
+    result = run_cli_inprocess(capsys, *args, "--test-set", str(HERE / "data" / "huge_record.json"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(next(out.rglob("metrics.json")).read_text())
+    assert metrics["n"] == 1 and metrics["truncated"] == 1
+
+
+@pytest.mark.parametrize("name", sorted(STUDY_CASES))
+def test_bad_study_config(name, paper_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    data = [] if name == "missing_data_dir.yaml" else ["--data-dir", str(paper_data)]
+    result = run_cli_inprocess(capsys, "study", str(HERE / "studies" / name), *data, "--out", str(out))
+    assert_user_error(result, STUDY_CASES[name])
+    assert not out.exists()  # validated before the results store is created
+    dry = run_cli_inprocess(capsys, "study", str(HERE / "studies" / name), *data, "--dry-run")
+    assert_user_error(dry, STUDY_CASES[name])
+
+
+def test_a_study_config_that_is_missing_or_a_directory(tmp_path, capsys):
+    assert_user_error(run_cli_inprocess(capsys, "study", str(tmp_path / "gone.yaml")), "gone.yaml", "not found")
+    assert_user_error(run_cli_inprocess(capsys, "study", str(tmp_path)), str(tmp_path))

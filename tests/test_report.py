@@ -21,6 +21,7 @@ BASE = {  # (test task, set, shots) -> base score
     ("question", "socialqa", 0): 10.0,
     ("question", "socialqa", 1): 20.0,
 }
+KL = {"rft16": 0.5, "rft32": 0.7, "rfticl16": 0.1, "rfticl32": 0.3}  # drift measured after each run
 DELTA = {
     "ft": {"amazon": 30.0, "sst2": 10.0, "socialqa": -8.0},
     "fticl": {"amazon": 28.0, "sst2": 14.0, "socialqa": -2.0},
@@ -81,7 +82,9 @@ def study(tmp_path_factory):
             [row for row, _ in cells],
         )
         for r in runs:
-            st.finish_run(r["key"], model_dir="x", manifest={}, summary={"records": r["size"], "steps": 2}, seconds=1.0)
+            drift = {"rel_change": KL[r["key"]] / 100, "cosine": 1.0, "kl_mean": KL[r["key"]], "kl_per_task": {}}
+            summary = {"records": r["size"], "steps": 2, "drift": drift}
+            st.finish_run(r["key"], model_dir="x", manifest={}, summary=summary, seconds=1.0)
         for row, metrics in cells:
             st.finish_cell(row["key"], metrics=metrics, predictions=[], seconds=0.5)
     return out
@@ -133,13 +136,33 @@ def test_csvs_hold_the_numbers(study, tmp_path):
 
 def test_figures_and_self_contained_html(study, tmp_path):
     write_report(study, tmp_path)
-    for name in ("heatmap_0-shot.png", "heatmap_k-shot.png", "size_curve.png", "ft_vs_fticl.png"):
+    figures = ["heatmap_0-shot.png", "heatmap_k-shot.png", "size_curve.png", "ft_vs_fticl.png"]
+    figures += ["drift_vs_delta.png", "sweeps.png"]
+    for name in figures:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     page = (tmp_path / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4
+    assert page.count("data:image/png;base64,") == len(figures)
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "<link" not in page and "<script" not in page
     assert "116.0 (+56.0)" in page
+
+
+def test_drift_against_cross_task_delta_with_its_correlation(study, tmp_path):
+    import numpy as np
+
+    write_report(study, tmp_path)
+    # cross-task deltas (socialqa) per run: ft -8 x scale, fticl -2 x scale; scale = size / 16
+    cross = {"rft16": -8.0, "rft32": -16.0, "rfticl16": -2.0, "rfticl32": -4.0}
+    keys = sorted(KL)
+    r = np.corrcoef([KL[k] for k in keys], [cross[k] for k in keys])[0, 1]
+    md = (tmp_path / "drift.md").read_text()
+    assert f"| 0-shot | 4 | {r:+.2f} |" in md and f"| k-shot | 4 | {r:+.2f} |" in md
+    assert "| sentiment n=32 ft | 0-shot | 0.007 | 0.7 | +60.0 | +20.0 | -16.0 |" in md
+    assert "Drift from the base vs generalization" in (tmp_path / "report.html").read_text()
+    d = StudyData(study)
+    from ftgen.report import swept_params
+
+    assert swept_params(d) == ["size"]
 
 
 def test_cli_report_and_status(study, tmp_path):

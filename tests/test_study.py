@@ -259,6 +259,84 @@ def test_kill_9_at_random_moments_then_resume_equals_uninterrupted(paper_data, t
     assert re.search(r"runs\s*│\s*0\s*│\s*0\s*│\s*2\s*│\s*0", status.stdout), status.stdout
 
 
+def _store_count(out: Path, sql: str) -> int:
+    from contextlib import closing
+
+    try:
+        with closing(sqlite3.connect(f"file:{out / 'results.sqlite'}?mode=ro", uri=True, timeout=5)) as conn:
+            return conn.execute(sql).fetchone()[0]
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
+# When to kill: right away (start-up, model loading, base-model cells), once a training run is running
+# (training steps, checkpoint saves, the final save, drift), once a trained model's cells are running.
+PHASES = {
+    "start": None,
+    "training": "SELECT COUNT(*) FROM runs WHERE status='running'",
+    "tuned-eval": "SELECT COUNT(*) FROM cells WHERE status='running' AND run_key IS NOT NULL",
+}
+
+
+@pytest.mark.slow
+def test_twenty_kills_in_a_row_with_readers_each_resume_passes_the_check(paper_data, tmp_path, uninterrupted):
+    """kill -9 20 times in one run: the study in each phase (see PHASES) and, every 4th time, `ftgen report`.
+    While some studies run, `ftgen status` and `ftgen report` read the live store. After each kill
+    `ftgen status --check` passes; at the end the results equal an uninterrupted run's."""
+    _, _, expected = uninterrupted
+    cfg = _write_config(tmp_path, TINY)
+    out = tmp_path / "out"
+    study = [sys.executable, "-m", "ftgen", "study", str(cfg), "--data-dir", str(paper_data), "--out", str(out)]
+    report = [sys.executable, "-m", "ftgen", "report", str(out), "--to", str(tmp_path / "report")]
+    env = {**os.environ, "FTGEN_QUIET": "1"}
+    seed = random.randrange(10**6)
+    rng = random.Random(seed)
+    kills: list[str] = []
+    readers = 0
+    for attempt in range(100):
+        if len(kills) == 20:
+            break
+        target = "report" if len(kills) % 4 == 3 and (out / "results.sqlite").exists() else "study"
+        finished = _store_count(out, "SELECT COUNT(*) FROM cells WHERE status='done'") == N_CELLS
+        # once all is done, what is left to kill is a no-op rerun: its start-up and store writes
+        phase = "report" if target == "report" else "start" if finished else rng.choice(list(PHASES))
+        proc = subprocess.Popen(
+            study if target == "study" else report, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        t0 = time.monotonic()
+        if PHASES.get(phase):  # wait for the phase (it may never come: the study finished that part)
+            while proc.poll() is None and not _store_count(out, PHASES[phase]) and time.monotonic() - t0 < 300:
+                time.sleep(0.1)
+        moment = rng.uniform(0.3, 4.0 if target == "report" or finished else 8.0)
+        t1 = time.monotonic()
+        if target == "study" and attempt % 3 == 0:  # readers of the live store: never fail, never block it
+            for args in (["status", str(out)], ["report", str(out), "--to", str(tmp_path / f"live{attempt}")]):
+                r = run_cli(*args)
+                assert r.returncode == 0 or "no study results here" in r.stderr, (args, r.stderr[-2000:])
+                readers += 1
+        try:
+            proc.wait(timeout=max(moment - (time.monotonic() - t1), 0.01))
+            assert proc.returncode == 0, f"{target} failed on its own (seed {seed})"
+            continue  # finished before its moment: not a kill
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if not (out / "results.sqlite").exists():
+            continue
+        runs = _store_count(out, "SELECT COUNT(*) FROM runs WHERE status='done'")
+        cells = _store_count(out, "SELECT COUNT(*) FROM cells WHERE status='done'")
+        kills.append(f"{phase}+{moment:.1f}s (then {runs} runs, {cells} cells done)")
+        check = run_cli("status", str(out), "--check")
+        assert check.returncode == 0 and "check: ok" in check.stdout, (kills, seed, check.stdout[-2000:])
+    assert len(kills) == 20, (kills, seed)
+    proc = subprocess.run(study, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, (kills, seed, proc.stderr[-3000:])
+    assert _results(out) == expected, (kills, seed)
+    check = run_cli("status", str(out), "--check")
+    assert check.returncode == 0 and "check: ok" in check.stdout and "note" not in check.stdout, check.stdout
+    print(f"seed {seed}: {len(kills)} kills, {readers} concurrent readers: " + "; ".join(kills))
+
+
 @pytest.mark.slow
 def test_second_study_on_the_same_dir_is_refused_while_the_first_runs(paper_data, tmp_path):
     cfg = _write_config(tmp_path, TINY)
@@ -308,7 +386,17 @@ def test_report_of_a_real_study(uninterrupted, tmp_path):
     assert "Fine-tuned on sentiment (amazon), evaluated 0-shot" in proc.stdout
     page = (folder / "report.html").read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing fetched from a network
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 4  # 2 heatmaps, FT vs FTICL, drift vs delta (no sweep)
+    assert (folder / "drift_vs_delta.png").stat().st_size > 0 and not (folder / "sweeps.png").exists()
+    # each run's drift from its base, measured after training (analysis.drift defaults to on)
+    conn = sqlite3.connect(f"file:{out / 'results.sqlite'}?mode=ro", uri=True)
+    summaries = [json.loads(r[0]) for r in conn.execute("SELECT summary FROM runs")]
+    conn.close()
+    for s in summaries:
+        drift = s["drift"]
+        assert 0 < drift["rel_change"] < 1 and 0 < drift["cosine"] <= 1
+        assert drift["kl_mean"] > 0 and set(drift["kl_per_task"]) == {"sentiment", "detection"}
+    assert "| 0-shot | 2 | n/a (< 3 runs) |" in (folder / "drift.md").read_text()
     md = (folder / "main_table.md").read_text()
     assert "| ID: amazon | OOD: sst2 | cross: detection/paws |" in md
     rows = list(csv_rows(folder / "cells.csv"))

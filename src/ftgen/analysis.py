@@ -160,6 +160,16 @@ def analyze_drift(
     return result
 
 
+def compact_drift(result: dict) -> dict:
+    """The few numbers of an `analyze_drift` result that a study keeps per run (for the report)."""
+    w = result["weights"]["total"]
+    out = {"rel_change": w["rel_change"], "cosine": w["cosine"]}
+    if "outputs" in result:
+        o = result["outputs"]
+        out |= {"kl_mean": o["kl_mean"], "kl_per_task": o["kl_per_task"], "cka_last": o["cka_per_layer"][-1]}
+    return out
+
+
 def plot_drift(results: dict[str, dict], path: str | Path) -> None:
     """Per-layer relative weight change and CKA, one line per run (FT vs FTICL side by side)."""
     import matplotlib

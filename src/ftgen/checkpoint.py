@@ -78,7 +78,7 @@ def atomic_dir(target: str | Path, *, is_main: bool = True, barrier: Callable[[]
         free = f"{usage.free / 2**20:.0f} MiB free there; " if usage else ""
         raise UserError(
             f"could not write {target}: {cause} ({free}nothing partial was left behind). "
-            "Make room, then rerun with --resume"
+            "Make room, then rerun (ftgen train: with --resume; a study: the same command)"
         ) from e
 
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ftgen import progress
-from ftgen.errors import UserError
+from ftgen.errors import UserError, one_line
 
 app = typer.Typer(
     help="Measure how fine-tuning a causal LM on one task changes it on its other domains and on other tasks.",
@@ -292,6 +292,7 @@ def analyze_drift_cmd(
 ):
     """Weight drift per layer / module, KL to the base on a probe set, and per-layer CKA."""
     from ftgen.analysis import analyze_drift, write_drift_report
+    from ftgen.files import ensure_writable_dir
     from ftgen.models import load_model
     from ftgen.tasks import all_tasks, load_task
 
@@ -300,6 +301,7 @@ def analyze_drift_cmd(
             raise UserError(f"{run}: no such run or model directory")
     names = [n for n in probe_tasks.split(",") if n] or sorted(all_tasks(task_dir))
     tasks = [load_task(n, task_dir) for n in names]
+    ensure_writable_dir(out)
     base_model = load_model(base, dtype="fp32")  # fp32: bf16 rounding would hide small fine-tuning updates
     results = {}
     for run in runs:
@@ -462,9 +464,14 @@ def study_cmd(
 
 
 @app.command("status")
-def status_cmd(out: Annotated[Path, typer.Argument(help="A study's output dir.")]):
+def status_cmd(
+    out: Annotated[Path, typer.Argument(help="A study's output dir.")],
+    check: Annotated[
+        bool, _flag("--check", "Also check the store's integrity and every saved model (exit 1 on a problem).")
+    ] = False,
+):
     """Done / running / failed / pending training runs and evaluation cells of a study (safe while it runs)."""
-    from ftgen.study import fmt_seconds, study_status
+    from ftgen.study import check_study, fmt_seconds, study_status
 
     s = study_status(out)
     rows = [{"": table, **{k: v for k, v in c.items() if k != "superseded" or v}} for table, c in s["counts"].items()]
@@ -475,6 +482,15 @@ def status_cmd(out: Annotated[Path, typer.Argument(help="A study's output dir.")
         print(f"running: {slot}" if s["writer"] else f"stale (its process died; redone on the next run): {slot}")
     for slot, error in s["failed"]:
         print(f"failed: {slot}: {error}")
+    if check:
+        c = check_study(out)
+        for note in c["notes"]:
+            print(f"check: note: {note}")
+        for problem in c["problems"]:
+            print(f"check: PROBLEM: {problem}")
+        if c["problems"]:
+            raise typer.Exit(1)
+        print(f"check: ok (store integrity, {c['runs_checked']} saved models match their manifests)")
 
 
 @app.command("report")
@@ -496,12 +512,17 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except UserError as e:
-        print(f"ftgen: error: {e}", file=sys.stderr)
+        print(f"ftgen: error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("ftgen: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as e:
+        from ftgen.files import write_error_line
+
+        if line := write_error_line(e):  # a full disk or a read-only place, met after the up-front checks
+            print(f"ftgen: error: {line}", file=sys.stderr)
+            sys.exit(2)
         # click's usage errors (typer may vendor its own click, so match by shape, not by class)
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):
             print(f"ftgen: error: {e.format_message()}", file=sys.stderr)

@@ -16,6 +16,7 @@
       limit: 250
       max_new_tokens: {question: 32}       # default: the task's own (60, as in the paper)
     executor: local                        # or ray; `workers: 2` runs 2 units at once in local processes
+    analysis: {drift: true, probe_records: 4}   # per run: weight drift and KL vs the base (ftgen.analysis)
 
 Every problem is a UserError naming the field by its dotted path (`eval.shots.sentiment.1`). Checks
 that need the tasks run in `validate_study`; those that need the data (test-set names, pool sizes,
@@ -24,15 +25,14 @@ train sizes) run there too when a data directory is known.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
 
 from ftgen.data import TaskFiles, read_raw_records, scan_task_files
-from ftgen.errors import UserError
+from ftgen.errors import UserError, parse_fields
 from ftgen.files import read_yaml
 from ftgen.tasks import TaskDef, all_tasks
 
@@ -139,6 +139,11 @@ class RayOptions(_Strict):
     eval_gpus: float = Field(0, ge=0)
 
 
+class AnalysisSpec(_Strict):
+    drift: bool = Field(True, description="after each training run: weight drift and KL vs the base model")
+    probe_records: PositiveInt = Field(4, description="records per evaluated task in the drift probe set")
+
+
 class StudyConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     models: list[str] = Field(["default"], min_length=1)
@@ -155,6 +160,7 @@ class StudyConfig(_Strict):
         None, description="torch threads per unit (default: torch's own); 1 thread per worker on a shared CPU"
     )
     ray: RayOptions = RayOptions()
+    analysis: AnalysisSpec = AnalysisSpec()
 
     @field_validator("models")
     @classmethod
@@ -180,55 +186,8 @@ STUDY_OWNED_TRAIN_FIELDS = {
 }
 
 
-_TAG = re.compile(r"^(literal\[|list\[|dict\[|union\[|tuple\[|constrained-|function-|(int|str|float|bool)$)")
-# pydantic error types meaning "the input is not of this union branch's type"
-_MISMATCH = set(
-    "list_type dict_type literal_error int_type int_parsing string_type float_type float_parsing bool_type "
-    "bool_parsing".split()
-)
-
-
-def _is_tag(part: object) -> bool:
-    return isinstance(part, str) and bool(_TAG.match(part))
-
-
-def format_errors(source: str, err: ValidationError, rename: dict[str, str] | None = None) -> str:
-    """All validation errors on one line, each naming its field by dotted path.
-
-    A union field (`int | dict`) fails once per branch; keep the branch the input was meant for
-    (errors inside it), or merge the branch mismatches into one "should be X or Y" message.
-    """
-    errors = err.errors()
-    by_field: dict[str, list[tuple[bool, str]]] = {}
-    for e in errors:
-        loc = e["loc"]
-        path = ".".join(str(p) for p in loc if not _is_tag(p)) or "(top level)"
-        if rename and loc and str(loc[0]) in rename:  # e.g. a TrainConfig field -> where the study sets it
-            path = ".".join([rename[str(loc[0])], *path.split(".")[1:]])
-        at_branch = bool(loc) and _is_tag(loc[-1]) and e["type"] in _MISMATCH
-        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
-        by_field.setdefault(path, []).append((at_branch, msg))
-    # a field whose deeper errors exist: drop its branch mismatches
-    prefixes = [p for p, errs in by_field.items() if any(not b for b, _ in errs)]
-    parts = []
-    for path, errs in by_field.items():
-        real = [m for b, m in errs if not b]
-        if not real and any(q.startswith(path + ".") for q in prefixes):
-            continue
-        msgs = real or [" or ".join(dict.fromkeys(m.removeprefix("Input should be ") for _, m in errs))]
-        if not real:
-            msgs = ["should be " + msgs[0]]
-        parts += [f"field '{path}': {m}" for m in dict.fromkeys(msgs)]
-    return f"{source}: " + "; ".join(parts)
-
-
 def parse_study(data: object, source: str = "study config") -> StudyConfig:
-    if not isinstance(data, dict):
-        raise UserError(f"{source}: a study config must be a mapping of fields, got {type(data).__name__}")
-    try:
-        return StudyConfig.model_validate(data)
-    except ValidationError as e:
-        raise UserError(format_errors(source, e)) from None
+    return parse_fields(StudyConfig, data, source, "a study config")
 
 
 def load_study(path: str | Path) -> StudyConfig:

@@ -34,7 +34,7 @@ import torch
 
 from ftgen import metrics as M
 from ftgen.errors import UserError
-from ftgen.files import atomic_write_json, atomic_write_jsonl
+from ftgen.files import atomic_write_json, atomic_write_jsonl, ensure_writable_dir
 from ftgen.progress import bar
 from ftgen.prompts import Prompt, encode_prompt, encode_text, fit_prompt, render_context, separator_after
 from ftgen.tasks import TaskDef
@@ -654,6 +654,7 @@ def run_eval(
         if report.invalid or report.ignored:
             log(f"ftgen: {ds_name}: {report.kept} records kept ({report.invalid} invalid, {report.ignored} unlabelled)")
 
+    ensure_writable_dir(out)  # before the model loads: a read-only --out fails at once
     try:
         if backend == "vllm":
             model, tokenizer = load_vllm(model_name, dtype)

@@ -65,12 +65,9 @@ def _init_worker(parent: int) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the parent died before the line above: no signal will come
             os._exit(1)
-    from transformers.utils import logging as hf_logging
-
     from ftgen import progress
 
-    progress.set_quiet(True)
-    hf_logging.disable_progress_bar()  # "Loading weights" bars of N processes would interleave
+    progress.set_quiet(True)  # the driver logs each unit; N processes' bars would interleave
 
 
 class PoolExecutor:

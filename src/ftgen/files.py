@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -104,3 +105,40 @@ def fsync_dir(path: str | Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# errnos of "this place cannot take our output": a user problem, reported in one line, not a traceback
+WRITE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def ensure_writable_dir(path: str | Path, what: str = "output directory") -> Path:
+    """Prove that `path` can be created and written, before any long work writes there. Creates nothing:
+    a temp file is made and removed in `path` or, if it does not exist yet, its nearest existing parent."""
+    path = Path(path)
+    place = path
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise UserError(f"{path}: cannot write the {what}: {place} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=place, prefix=".ftgen-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write the {what}: {e.strerror or e}") from None
+    return path
+
+
+def write_error_line(e: BaseException) -> str | None:
+    """One line for a failed write (a full disk, a read-only or forbidden place); None if `e` is not one."""
+    import sqlite3
+
+    if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}cannot write: {e.strerror} (writes are atomic: nothing half-written was left)"
+    if isinstance(e, sqlite3.OperationalError) and any(
+        s in str(e) for s in ("disk is full", "readonly database", "disk I/O error", "unable to open database")
+    ):
+        hint = "a full disk or an unwritable directory? commits are atomic: nothing partial was recorded"
+        return f"results store: {e} ({hint})"
+    return None

@@ -155,6 +155,9 @@ def load_model(
     """(model, tokenizer) in eval mode. A PEFT adapter dir is loaded on its base and merged by default."""
     from transformers import AutoModelForCausalLM
 
+    from ftgen.progress import _quiet_libraries
+
+    _quiet_libraries()
     device = device or default_device()
     torch_dtype = choose_dtype(dtype, device)
     path = resolve_model(name_or_path)

@@ -13,6 +13,15 @@ _quiet = os.environ.get("FTGEN_QUIET", "") not in ("", "0")
 def set_quiet(quiet: bool) -> None:
     global _quiet
     _quiet = quiet
+    _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    """transformers' own bars ("Loading weights") follow ours."""
+    if _quiet and "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def is_quiet() -> bool:

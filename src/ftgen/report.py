@@ -29,7 +29,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftgen.files import atomic_write_bytes, atomic_write_text
+from ftgen.files import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from ftgen.store import Store
 
 GROUPS = ("ID", "OOD", "cross")
@@ -93,17 +93,7 @@ class StudyData:
         self.score: dict[tuple, dict] = {}  # (row, test_task, test_set, setting) -> cell
         rows = []
         for c in self.cells:
-            row = Row(
-                c["model"],
-                c["run_key"],
-                c["train_task"],
-                c["train_set"],
-                c["size"],
-                c["method"],
-                c["lr"],
-                c["epochs"],
-                c["seed"],
-            )
+            row = row_of(c)
             rows.append(row)
             setting = (self.shot_rank[c["test_task"]][c["shots"]], c["fmt"])
             self.score[(row, c["test_task"], c["test_set"], setting)] = c
@@ -269,117 +259,73 @@ def table_latex(d: StudyData, t: Table) -> str:
     return "\n".join(out)
 
 
-def write_csvs(d: StudyData, tables: list[Table], folder: Path) -> None:
-    cols = [f"{t}/{s}" for t, s in d.test_sets]
+COORDS = ["model", "train_task", "train_set", "size", "method", "lr", "epochs", "seed"]
+
+
+def row_of(r: dict) -> Row:
+    """The Row of a `cells` or `runs` record (a base-model cell has run_key None)."""
+    return Row(
+        r["model"],
+        r["run_key"] if "run_key" in r else r["key"],
+        r["train_task"],
+        r["train_set"],
+        r["size"],
+        r["method"],
+        r["lr"],
+        r["epochs"],
+        r["seed"],
+    )
+
+
+def _coords(r: Row, fields: list[str] = COORDS) -> list:
+    return ["" if getattr(r, f) is None else getattr(r, f) for f in fields]
+
+
+def _csv_text(head: list[str], rows: list[list]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(
-        [
-            "train_task",
-            "setting",
-            "model",
-            "train_set",
-            "size",
-            "method",
-            "lr",
-            "epochs",
-            "seed",
-            *cols,
-            *[f"delta {c}" for c in cols],
-            "delta ID",
-            "delta OOD",
-            "delta cross",
-        ]
-    )
+    w.writerow(head)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_csvs(d: StudyData, tables: list[Table], folder: Path) -> None:
+    """main_table.csv: one row per table row; cells.csv: one row per finished cell, with base score and delta."""
+    cols = [f"{t}/{s}" for t, s in d.test_sets]
+    coords = [f for f in COORDS if f != "train_task"]  # the table's train task comes first
+    head = ["train_task", "setting", *coords, *cols, *[f"delta {c}" for c in cols]]
+    head += ["delta ID", "delta OOD", "delta cross"]
+    rows = []
     for t in tables:
         for r in t.rows:
             vals = [d.value(r, ts[0], ts[1], t.setting) for ts in d.test_sets]
             means = d.group_means(r, t.setting) if r.run_key else dict.fromkeys(GROUPS)
-            w.writerow(
-                [
-                    t.train_task,
-                    d.setting_label(t.setting),
-                    r.model,
-                    r.train_set or "",
-                    r.size or "",
-                    r.method,
-                    r.lr or "",
-                    r.epochs or "",
-                    "" if r.seed is None else r.seed,
-                    *[_num(v[0]) for v in vals],
-                    *[_num(v[1]) for v in vals],
-                    *[_num(means[g]) for g in GROUPS],
-                ]
+            rows.append(
+                [t.train_task, d.setting_label(t.setting), *_coords(r, coords)]
+                + [_num(v[0]) for v in vals]
+                + [_num(v[1]) for v in vals]
+                + [_num(means[g]) for g in GROUPS]
             )
-    atomic_write_text(folder / "main_table.csv", buf.getvalue())
+    atomic_write_text(folder / "main_table.csv", _csv_text(head, rows))
 
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(
-        [
-            "model",
-            "train_task",
-            "train_set",
-            "size",
-            "method",
-            "lr",
-            "epochs",
-            "seed",
-            "test_task",
-            "test_set",
-            "group",
-            "shots",
-            "format",
-            "metric",
-            "score",
-            "base_score",
-            "delta",
-            "n",
-            "key",
-        ]
-    )
+    head = [*COORDS, "test_task", "test_set", "group", "shots", "format", "metric", "score", "base_score", "delta"]
+    head += ["n", "key"]
     base_by = {
         (c["model"], c["test_task"], c["test_set"], c["shots"], c["fmt"]): c["score"]
         for c in d.cells
         if c["run_key"] is None
     }
+    rows = []
     for c in d.cells:
-        row = Row(
-            c["model"],
-            c["run_key"],
-            c["train_task"],
-            c["train_set"],
-            c["size"],
-            c["method"],
-            c["lr"],
-            c["epochs"],
-            c["seed"],
-        )
+        row = row_of(c)
         base = base_by.get((c["model"], c["test_task"], c["test_set"], c["shots"], c["fmt"])) if c["run_key"] else None
-        w.writerow(
-            [
-                c["model"],
-                c["train_task"] or "",
-                c["train_set"] or "",
-                c["size"] or "",
-                c["method"],
-                c["lr"] or "",
-                c["epochs"] or "",
-                "" if c["seed"] is None else c["seed"],
-                c["test_task"],
-                c["test_set"],
-                group_of(row, c["test_task"], c["test_set"]) if c["run_key"] else "",
-                c["shots"],
-                c["fmt"],
-                c["metric"],
-                _num(c["score"]),
-                _num(base),
-                _num(c["score"] - base) if base is not None else "",
-                c["n"],
-                c["key"],
-            ]
+        rows.append(
+            [*_coords(row), c["test_task"], c["test_set"]]
+            + [group_of(row, c["test_task"], c["test_set"]) if c["run_key"] else "", c["shots"], c["fmt"]]
+            + [c["metric"], _num(c["score"]), _num(base), _num(c["score"] - base) if base is not None else ""]
+            + [c["n"], c["key"]]
         )
-    atomic_write_text(folder / "cells.csv", buf.getvalue())
+    atomic_write_text(folder / "cells.csv", _csv_text(head, rows))
 
 
 def _num(x: float | None) -> str:
@@ -573,6 +519,228 @@ def method_chart(d: StudyData, summary: list[dict], path: Path) -> bool:
     return True
 
 
+# ---------------------------------------------------------------- drift vs generalization; sweeps
+
+
+def run_drift(d: StudyData, row: Row) -> dict | None:
+    """The run's drift from its base (weight change, KL on the probe set), measured after training."""
+    r = d.runs.get(row.run_key)
+    return (json.loads(r["summary"]) if r and r["summary"] else {}).get("drift")
+
+
+def pearson(xs: list[float], ys: list[float]) -> float | None:
+    """Pearson's r; None for fewer than 3 points or no spread (2 points always give +-1)."""
+    n = len(xs)
+    if n < 3:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
+
+
+def drift_rows(d: StudyData) -> list[dict]:
+    """One entry per fine-tuned run with a drift measure and per setting: drift and the mean delta per group."""
+    out = []
+    for row in d.run_rows:
+        drift = run_drift(d, row)
+        if not drift or drift.get("kl_mean") is None:
+            continue
+        for setting in d.settings:
+            out.append(
+                {
+                    "row": row,
+                    "setting": d.setting_label(setting),
+                    "rel_change": drift["rel_change"],
+                    "kl_mean": drift["kl_mean"],
+                    **d.group_means(row, setting),
+                }
+            )
+    return out
+
+
+def drift_correlations(rows: list[dict]) -> list[dict]:
+    """Per setting: r(mean KL, cross-task delta), r(mean KL, in-domain delta), r(weight change, cross delta)."""
+    out = []
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        pts = [r for r in rows if r["setting"] == setting and r["cross"] is not None]
+        ids = [r for r in rows if r["setting"] == setting and r["ID"] is not None]
+        out.append(
+            {
+                "setting": setting,
+                "runs": len(pts),
+                "r_kl_cross": pearson([r["kl_mean"] for r in pts], [r["cross"] for r in pts]),
+                "r_weights_cross": pearson([r["rel_change"] for r in pts], [r["cross"] for r in pts]),
+                "r_kl_id": pearson([r["kl_mean"] for r in ids], [r["ID"] for r in ids]),
+            }
+        )
+    return out
+
+
+def _r(x: float | None) -> str:
+    return "n/a (< 3 runs)" if x is None else f"{x:+.2f}"
+
+
+def drift_markdown(d: StudyData, rows: list[dict], corr: list[dict]) -> str:
+    lines = [
+        "| run | setting | weight change | mean KL | Δ in-domain | Δ out-of-domain | Δ cross-task |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {d.row_label(r['row'])} | {r['setting']} | {_sci(r['rel_change'])} | {_sci(r['kl_mean'])} | "
+            + " | ".join(_fmt(r[g], True) for g in GROUPS)
+            + " |"
+        )
+    lines += ["", "| setting | runs | r(KL, Δ cross-task) | r(weight change, Δ cross-task) | r(KL, Δ in-domain) |"]
+    lines.append("|---|---|---|---|---|")
+    for c in corr:
+        rs = " | ".join(_r(c[k]) for k in ("r_kl_cross", "r_weights_cross", "r_kl_id"))
+        lines.append(f"| {c['setting']} | {c['runs']} | {rs} |")
+    return "\n".join(lines) + "\n"
+
+
+def drift_scatter(d: StudyData, rows: list[dict], corr: list[dict], path: Path) -> bool:
+    """Mean KL vs the base (x) against the cross-task delta (y), one panel per setting; colour = method."""
+    settings = [c["setting"] for c in corr if c["runs"] >= 2]
+    if not settings:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 4.2), squeeze=False)
+    markers = "osD^v<>P*X"
+    tasks = d.train_tasks
+    for ax, setting in zip(axes[0], settings, strict=True):
+        pts = [r for r in rows if r["setting"] == setting and r["cross"] is not None]
+        for mi, m in enumerate(d.methods):
+            for ti, t in enumerate(tasks):
+                sel = [r for r in pts if r["row"].method == m and r["row"].train_task == t]
+                if sel:
+                    ax.scatter(
+                        [r["kl_mean"] for r in sel],
+                        [r["cross"] for r in sel],
+                        color=f"C{mi}",
+                        marker=markers[ti % len(markers)],
+                        s=46,
+                        label=f"{m}, trained on {t}",
+                    )
+        if len(pts) <= 12:
+            for r in pts:
+                ax.annotate(
+                    d.row_label(r["row"], with_task=False),
+                    (r["kl_mean"], r["cross"]),
+                    fontsize=7,
+                    xytext=(4, 3),
+                    textcoords="offset points",
+                )
+        kls = [r["kl_mean"] for r in pts if r["kl_mean"] > 0]
+        if kls and max(kls) / min(kls) > 30:
+            ax.set_xscale("log")
+        ax.axhline(0, color="grey", lw=0.8)
+        c = next(c for c in corr if c["setting"] == setting)
+        ax.set_title(f"evaluated {setting}: Pearson r = {_r(c['r_kl_cross'])} (n={c['runs']})", fontsize=10)
+        ax.set_xlabel("mean KL(fine-tuned || base) on the probe set")
+        ax.set_ylabel("mean cross-task change vs base (points)")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    fig.suptitle("Drift from the base model vs cross-task generalization (one point per training run)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.05 + 0.03 * math.ceil(len(labels) / 4), 1, 0.95))
+    _save(fig, path)
+    return True
+
+
+SWEEPABLE = {"size": "train size", "lr": "learning rate", "epochs": "epochs", "lora_r": "LoRA rank", "model": "model"}
+
+
+def run_params(d: StudyData, row: Row) -> dict:
+    """The sweepable parameters of a run (LoRA rank 0 = full fine-tuning)."""
+    r = d.runs.get(row.run_key)
+    train = json.loads(r["config"]).get("train", {}) if r else {}
+    fticl = "fticl" if train.get("fticl_shots") else "ft"
+    return {
+        "size": row.size,
+        "lr": row.lr,
+        "epochs": row.epochs,
+        "lora_r": train.get("lora_r") or 0,
+        "model": row.model,
+        "kind": fticl,
+    }
+
+
+def _series(d: StudyData, row: Row, param: str) -> tuple[str | None, str]:
+    """The line a run belongs to in a sweep plot of `param`: its train task and method (for a LoRA rank
+    sweep ft / fticl: each rank has its own method label)."""
+    return row.train_task, run_params(d, row)["kind"] if param == "lora_r" else row.method
+
+
+def swept_params(d: StudyData) -> list[str]:
+    """Parameters with at least two values on one line (same train task and method)."""
+    swept = []
+    for p in SWEEPABLE:
+        values: dict[tuple, set] = defaultdict(set)
+        for r in d.run_rows:
+            values[_series(d, r, p)].add(run_params(d, r)[p])
+        if any(len(v) > 1 for v in values.values()):
+            swept.append(p)
+    return swept
+
+
+def sweep_plot(d: StudyData, path: Path) -> list[str]:
+    """Mean cross-task (solid) and in-domain (dashed) delta vs each swept parameter, per train task and
+    method, averaged over the other parameters and seeds; one row of panels per setting. Returns the
+    swept parameters (none: no plot)."""
+    swept = swept_params(d)
+    if not swept:
+        return []
+    plt = _plt()
+    fig, axes = plt.subplots(
+        len(d.settings), len(swept), figsize=(max(6.0, 4.8 * len(swept)), 3.6 * len(d.settings)), squeeze=False
+    )
+    for si, setting in enumerate(d.settings):
+        means = {r: d.group_means(r, setting) for r in d.run_rows}
+        for pi, p in enumerate(swept):
+            ax = axes[si][pi]
+            series: dict[tuple, dict] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+            for r in d.run_rows:
+                params = run_params(d, r)
+                name = _series(d, r, p)
+                for g in ("cross", "ID"):
+                    if means[r][g] is not None:
+                        series[name][g][params[p]].append(means[r][g])
+            values = sorted({run_params(d, r)[p] for r in d.run_rows}, key=lambda v: (isinstance(v, str), v))
+            pos = {v: i for i, v in enumerate(values)} if p == "model" else {v: v for v in values}
+            for i, (name, by_group) in enumerate(series.items()):
+                for g, style in (("cross", "-"), ("ID", "--")):
+                    xs = sorted(by_group[g], key=lambda v: values.index(v))
+                    if xs:
+                        ax.plot(
+                            [pos[x] for x in xs],
+                            [_mean(by_group[g][x]) for x in xs],
+                            style,
+                            marker="o",
+                            color=f"C{i}",
+                            label=f"{name[1]} on {name[0]}, {GROUP_NAMES[g]}",
+                        )
+            if p == "lr":
+                ax.set_xscale("log")
+            if p == "model":
+                ax.set_xticks(range(len(values)))
+                ax.set_xticklabels(values, rotation=20, ha="right", fontsize=8)
+            elif p in ("size", "lora_r", "epochs"):
+                ax.set_xticks(values)
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_title(f"{SWEEPABLE[p]}, evaluated {d.setting_label(setting)}", fontsize=10)
+            ax.set_xlabel(SWEEPABLE[p])
+            ax.set_ylabel("mean change vs base (points)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle("Sweeps: change vs base (solid: cross-task, dashed: in-domain)", fontsize=11)
+    fig.tight_layout()
+    _save(fig, path)
+    return swept
+
+
 # ---------------------------------------------------------------- HTML
 
 CSS = """
@@ -636,21 +804,24 @@ def runs_html(d: StudyData) -> str:
     e = html.escape
     out = [
         "<table><tr><th class='l'>run</th><th>key</th><th>records</th><th>steps</th><th>loss first epoch</th>"
-        "<th>loss last epoch</th><th>tokens/s</th><th>train time</th></tr>"
+        "<th>loss last epoch</th><th>tokens/s</th><th>train time</th><th>weight change</th><th>KL vs base</th></tr>"
     ]
     for key, r in d.runs.items():
         s = json.loads(r["summary"]) if r["summary"] else {}
-        row = Row(
-            r["model"], key, r["train_task"], r["train_set"], r["size"], r["method"], r["lr"], r["epochs"], r["seed"]
-        )
+        drift = s.get("drift") or {}
         out.append(
-            f"<tr><td class='l'>{e(d.row_label(row))}</td><td>{key}</td><td>{s.get('records', '-')}</td>"
+            f"<tr><td class='l'>{e(d.row_label(row_of(r)))}</td><td>{key}</td><td>{s.get('records', '-')}</td>"
             f"<td>{s.get('steps', '-')}</td><td>{_fmt_loss(s.get('loss_first_epoch'))}</td>"
             f"<td>{_fmt_loss(s.get('loss_last_epoch'))}</td><td>{s.get('tokens_per_s', '-')}</td>"
-            f"<td>{_fmt(r['seconds'])} s</td></tr>"
+            f"<td>{_fmt(r['seconds'])} s</td><td>{_sci(drift.get('rel_change'))}</td>"
+            f"<td>{_sci(drift.get('kl_mean'))}</td></tr>"
         )
     out.append("</table>")
     return "\n".join(out)
+
+
+def _sci(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
 
 
 def _fmt_loss(x) -> str:
@@ -664,7 +835,7 @@ def write_report(out: str | Path, to: str | Path | None = None) -> dict:
     """Write every table and figure, and report.html; returns paths and a rich renderable for the terminal."""
     d = StudyData(out)
     folder = Path(to) if to is not None else Path(out) / "report"
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(folder, "report directory")
     tables = main_tables(d)
     summary = method_summary(d)
 
@@ -679,6 +850,11 @@ def write_report(out: str | Path, to: str | Path | None = None) -> dict:
     if not tables:
         md.append("No fine-tuned model has finished cells yet.\n")
     md += ["## Base model", "", grid_markdown(*base_grid(d)), "## FT vs FTICL", "", method_markdown(summary)]
+    drifts = drift_rows(d)
+    corr = drift_correlations(drifts)
+    if drifts:
+        md += ["## Drift from the base vs generalization", "", drift_markdown(d, drifts, corr)]
+        atomic_write_text(folder / "drift.md", drift_markdown(d, drifts, corr))
     atomic_write_text(folder / "main_table.md", "\n".join(md))
     atomic_write_text(folder / "main_table.tex", "\n".join(table_latex(d, t) for t in tables))
     atomic_write_text(folder / "ft_vs_fticl.md", method_markdown(summary))
@@ -691,6 +867,8 @@ def write_report(out: str | Path, to: str | Path | None = None) -> dict:
             figures.append((f"Heatmap: change vs base, {d.setting_label(setting)}", folder / name))
     has_size = size_curve(d, folder / "size_curve.png")
     has_methods = method_chart(d, summary, folder / "ft_vs_fticl.png")
+    has_scatter = drift_scatter(d, drifts, corr, folder / "drift_vs_delta.png")
+    swept = sweep_plot(d, folder / "sweeps.png")
 
     e = html.escape
     parts = [
@@ -721,6 +899,24 @@ def write_report(out: str | Path, to: str | Path | None = None) -> dict:
         _img(folder / "size_curve.png", "size curve")
         if has_size
         else "<p class='note'>The study has a single train size: no size curve.</p>"
+    )
+    parts.append("<h2>Drift from the base vs generalization</h2>")
+    parts.append(
+        "<p class='note'>After each training run: the relative weight change ||W_ft - W_base|| / ||W_base|| and the "
+        "mean KL divergence of the next-token distributions (fine-tuned vs base) on the answer tokens of a probe "
+        "set of every evaluated task. The paper explains FTICL's better generalization by a smaller drift; "
+        "a negative r means: less drift, better cross-task scores in this study.</p>"
+    )
+    if has_scatter:
+        parts.append(_img(folder / "drift_vs_delta.png", "drift vs cross-task change"))
+    parts.append(_md_html(drift_markdown(d, drifts, corr)) if drifts else "<p>No run has a drift measure.</p>")
+    parts.append("<h2>Sweeps</h2>")
+    parts.append(
+        _img(folder / "sweeps.png", "sweeps")
+        + f"<p class='note'>Swept: {e(', '.join(SWEEPABLE[p] for p in swept))}; each point averages the runs "
+        "with that value (over the other parameters and seeds).</p>"
+        if swept
+        else "<p class='note'>No parameter is swept (lr, epochs, size, LoRA rank, model).</p>"
     )
     parts.append("<h2>Base model</h2>")
     parts.append(grid_html(*base_grid(d)))
@@ -757,6 +953,24 @@ def grid_html(head: list[str], rows: list[list[str]], left: int = 2) -> str:
     for r in rows:
         out.append("<tr>" + "".join(f"<td{' class=l' if i < left else ''}>{e(v)}</td>" for i, v in enumerate(r)))
     return "\n".join(out) + "</table>"
+
+
+def _md_html(markdown: str) -> str:
+    """Markdown pipe tables (as written by this module) as HTML tables."""
+    e = html.escape
+    out, in_table = [], False
+    for line in markdown.splitlines():
+        if not line.startswith("|"):
+            out.append("</table>" if in_table else "")
+            in_table = False
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if set("".join(cells)) <= set("-"):
+            continue
+        tag = "td" if in_table else "th"
+        out.append(("" if in_table else "<table>") + "<tr>" + "".join(f"<{tag}>{e(c)}</{tag}>" for c in cells))
+        in_table = True
+    return "\n".join(out + (["</table>"] if in_table else []))
 
 
 def _md_table_html(summary: list[dict]) -> str:

@@ -162,6 +162,8 @@ class Store:
             conn = _connect(path, readonly=True)
             conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()
         except sqlite3.DatabaseError as e:
+            if "no such table" in str(e):  # a study is creating it right now
+                raise UserError(f"{out_dir}: no study results here yet (the store is being created)") from None
             raise UserError(f"{path}: cannot read the results store: {e}") from None
         return cls(conn, Path(out_dir))
 
@@ -281,6 +283,38 @@ class Store:
             got = dict(self.conn.execute(f"SELECT status, COUNT(*) FROM {table} GROUP BY status").fetchall())
             out[table] = {s: got.get(s, 0) for s in STATUSES}
         return out
+
+    def check(self) -> list[str]:
+        """Integrity problems of the database (empty = sound): SQLite's own check, then the store's invariants."""
+        c = self.conn
+        problems = [f"sqlite integrity_check: {r[0]}" for r in c.execute("PRAGMA integrity_check") if r[0] != "ok"]
+        problems += [
+            f"predictions of an unknown cell {r[0]}"
+            for r in c.execute("SELECT cell_key FROM predictions WHERE cell_key NOT IN (SELECT key FROM cells)")
+        ]
+        for table in ("runs", "cells"):
+            for slot, n in c.execute(
+                f"SELECT slot, COUNT(*) FROM {table} WHERE status != 'superseded' GROUP BY slot HAVING COUNT(*) > 1"
+            ):
+                problems.append(f"{table}: {n} live rows for one slot: {slot}")
+        for key, score, n, metrics, preds in c.execute(
+            "SELECT c.key, c.score, c.n, c.metrics, p.rows FROM cells c LEFT JOIN predictions p ON p.cell_key = c.key "
+            "WHERE c.status = 'done'"
+        ):
+            if preds is None or score is None or metrics is None:
+                problems.append(f"cell {key}: done without its score, metrics or predictions")
+            elif len(json.loads(preds)) != n:
+                problems.append(f"cell {key}: {len(json.loads(preds))} predictions for n={n}")
+        problems += [
+            f"cell {r[0]}: its training run {r[1]} is not in the store"
+            for r in c.execute(
+                "SELECT key, run_key FROM cells WHERE run_key IS NOT NULL AND run_key NOT IN (SELECT key FROM runs)"
+            )
+        ]
+        for key, summary, manifest in c.execute("SELECT key, summary, manifest FROM runs WHERE status = 'done'"):
+            if summary is None or manifest is None:
+                problems.append(f"run {key}: done without its summary or manifest")
+        return problems
 
     def meta(self) -> dict[str, str]:
         return {r["name"]: r["value"] for r in self.rows("meta")}

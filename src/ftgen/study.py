@@ -35,14 +35,13 @@ from ftgen.config import (
     STUDY_OWNED_TRAIN_FIELDS,
     Resolved,
     StudyConfig,
-    format_errors,
     load_study,
     resolve_data_dir,
     validate_study,
 )
 from ftgen.data import read_raw_records
-from ftgen.errors import UserError
-from ftgen.files import atomic_write_text
+from ftgen.errors import UserError, format_errors
+from ftgen.files import atomic_write_text, ensure_writable_dir
 from ftgen.store import Store, canonical_json
 
 # Fields of TrainConfig that do not change the trained weights (paths, logging, checkpoint cadence).
@@ -388,7 +387,27 @@ def execute_train(job: dict) -> dict:
         shutil.rmtree(out)  # leftovers of a run killed before its first checkpoint: start clean
     t0 = time.perf_counter()
     summary = train(cfg, out, resume=True)
+    if job.get("drift"):
+        summary = {**summary, "drift": drift_of_run(out, job["drift"], job["data_dir"])}
     return {"summary": summary, "manifest": manifest(out / "model"), "seconds": time.perf_counter() - t0}
+
+
+def drift_of_run(out: Path, spec: dict, data_dir: str) -> dict:
+    """How far the run moved from its base (ftgen.analysis): the full result goes to OUT/drift.json
+    (kept across a kill: not measured twice), the compact one into the run's summary."""
+    from ftgen.analysis import analyze_drift, compact_drift
+    from ftgen.files import atomic_write_json, read_json
+    from ftgen.tasks import load_task
+
+    path = out / "drift.json"
+    if path.exists():
+        return compact_drift(read_json(path))
+    tasks = [load_task(t, spec["task_dirs"]) for t in spec["tasks"]]
+    result = analyze_drift(
+        out, spec["base"], data_dir=data_dir, tasks=tasks, per_task=spec["probe_records"], dtype="fp32"
+    )
+    atomic_write_json(path, result)
+    return compact_drift(result)
 
 
 def _threads(n: int | None) -> None:
@@ -540,6 +559,13 @@ def drive(plan: Plan, store: Store, executor, data_dir: Path) -> dict:
             "out_dir": str(runs_dir / run.key),
             "threads": cfg.threads,
         }
+        if cfg.analysis.drift:  # fp32 weights: a bf16 copy would round small updates away
+            job["drift"] = {
+                "base": run.model,
+                "tasks": list(plan.resolved.tasks),
+                "task_dirs": cfg.task_dirs,
+                "probe_records": cfg.analysis.probe_records,
+            }
         jobs[executor.submit("train", execute_train, job)] = ("train", run)
 
     for model in cfg.models:
@@ -637,10 +663,11 @@ def run_study(
 
     t0 = time.perf_counter()
     plan = load_plan(config_path, data_dir, limit=limit, executor=executor)
-    out = Path(out)
+    out = ensure_writable_dir(out, "study output directory")
     for note in plan.notes:
         progress.log(f"study: note: {note}")
     with Store.open_writer(out) as store:
+        remove_leftovers(out)
         changed = check_changes(store, plan, rerun_changed=rerun_changed)
         store.add([r.row() for r in plan.runs], [c.row() for c in plan.cells])
         config_text = Path(config_path).read_text(encoding="utf-8")
@@ -925,3 +952,43 @@ def study_status(out: str | Path) -> dict:
         "failed": failed,
         "compute_s": seconds,
     }
+
+
+# Names of the temp files and dirs an interrupted write leaves (files.atomic_write_*, checkpoint.atomic_dir,
+# the trash of a run trained again): hidden, never read, removed when the study starts again.
+LEFTOVER_PATTERNS = (".*.tmp", ".*.tmp.*", ".*.old", ".trash-*")
+
+
+def leftovers(out: str | Path) -> list[Path]:
+    found = {p for pattern in LEFTOVER_PATTERNS for p in Path(out).rglob(pattern)}
+    return sorted(p for p in found if not any(q in found for q in p.parents))
+
+
+def remove_leftovers(out: str | Path) -> int:
+    """Delete what killed writes left behind (call under the study lock: no one else writes)."""
+    paths = leftovers(out)
+    for p in paths:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return len(paths)
+
+
+def check_study(out: str | Path) -> dict:
+    """`ftgen status --check`: the store's integrity, and each done run's saved model against its manifest.
+    Returns problems (the study is not sound) and notes (harmless: redone or cleaned on the next run)."""
+    out = Path(out)
+    with Store.open_reader(out) as store:
+        problems = store.check()
+        runs = store.rows("runs", "status = 'done'")
+        running = sum(store.counts()[t]["running"] for t in ("runs", "cells"))
+    for r in runs:
+        model_dir = out / "runs" / r["key"] / "model"
+        if not model_dir.is_dir():
+            problems.append(f"run {r['slot']}: done, but its model {model_dir} is missing")
+        elif r["manifest"] and manifest(model_dir) != json.loads(r["manifest"]):
+            problems.append(f"run {r['slot']}: the files of {model_dir} differ from those recorded when it finished")
+    notes = []
+    if running and not _writer_alive(out):
+        notes.append(f"{running} units left 'running' by a study that died: redone on the next run")
+    if found := leftovers(out):
+        notes.append(f"{len(found)} temp files of interrupted writes (hidden; removed on the next run)")
+    return {"problems": problems, "notes": notes, "runs_checked": len(runs)}

@@ -12,9 +12,9 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ftgen.errors import UserError
+from ftgen.errors import UserError, parse_fields
 from ftgen.files import read_yaml
 
 BUILTIN_DIR = Path(__file__).parent / "task_defs"
@@ -85,20 +85,8 @@ class TaskDef(BaseModel):
         return self.data_folder or self.name
 
 
-def _format_validation(source: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"].removeprefix("Value error, ")
-    return f"{source}: field '{loc}': {msg}"
-
-
 def parse_task(data: object, source: str) -> TaskDef:
-    if not isinstance(data, dict):
-        raise UserError(f"{source}: a task file must be a mapping of fields, got {type(data).__name__}")
-    try:
-        return TaskDef.model_validate(data)
-    except ValidationError as e:
-        raise UserError(_format_validation(source, e)) from None
+    return parse_fields(TaskDef, data, source, "a task file")
 
 
 def task_dirs(extra: list[str | Path] | None = None) -> list[Path]:

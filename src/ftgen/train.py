@@ -44,13 +44,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from ftgen import progress
 from ftgen.checkpoint import STATE_FILE, atomic_dir, latest_checkpoint, prune_checkpoints, read_state
-from ftgen.errors import UserError
-from ftgen.files import atomic_write_json, atomic_write_jsonl, read_jsonl
+from ftgen.errors import UserError, parse_fields
+from ftgen.files import atomic_write_json, atomic_write_jsonl, ensure_writable_dir, read_jsonl
 
 IGNORE = -100
 GROUP_CHUNK = 64  # length grouping sorts chunks of GROUP_CHUNK batches (as HF's group_by_length megabatches)
@@ -124,12 +124,7 @@ class TrainConfig(BaseModel):
 
 def parse_config(data: dict, source: str = "train config") -> TrainConfig:
     """A TrainConfig from a dict (YAML / CLI); a bad field is one UserError line naming it."""
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise UserError(f"{source}: field '{loc}': {first['msg'].removeprefix('Value error, ')}") from None
+    return parse_fields(TrainConfig, data, source, "a training config")
 
 
 # ---------------------------------------------------------------- data
@@ -553,6 +548,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
     task, ds, shots = load_records(cfg)
     if cfg.qlora and not torch.cuda.is_available():
         raise UserError("--qlora needs a CUDA GPU (bitsandbytes 4-bit weights); on CPU use --lora-r alone")
+    ensure_writable_dir(out)  # a read-only or forbidden --out fails now, not after the model loads
 
     # 2. precision, processes, seed
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
