@@ -30,6 +30,7 @@ from ftgen.train import (
     epoch_plan,
     load_records,
     response_loss,
+    split_micro,
     tokenize,
     train,
 )
@@ -184,6 +185,11 @@ def test_length_grouping_plan():
             assert len(mb) * max(lengths[i] for i in mb) <= 200 or len(mb) == 1
     sizes = {len(mb) for step in capped for mb in step[0]}
     assert min(sizes) < 4 < max(sizes)
+
+    # a long tail is cut off (7 x 10 + 1 x 100 tokens beat 8 x 100), except with fixed micro-batches (DeepSpeed)
+    tail = [10] * 7 + [100]
+    assert split_micro(list(range(8)), tail, 16, 4096) == [list(range(7)), [7]]
+    assert split_micro(list(range(8)), tail, 16, None) == [list(range(8))]
 
     # two processes: each takes half of every step; a short share gets a no-op (None) pass
     two = plan(world=2, max_tokens=120)

@@ -955,6 +955,14 @@ def grid_html(head: list[str], rows: list[list[str]], left: int = 2) -> str:
     return "\n".join(out) + "</table>"
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return text == "-"
+    return True
+
+
 def _md_html(markdown: str) -> str:
     """Markdown pipe tables (as written by this module) as HTML tables."""
     e = html.escape
@@ -968,7 +976,11 @@ def _md_html(markdown: str) -> str:
         if set("".join(cells)) <= set("-"):
             continue
         tag = "td" if in_table else "th"
-        out.append(("" if in_table else "<table>") + "<tr>" + "".join(f"<{tag}>{e(c)}</{tag}>" for c in cells))
+        out.append(
+            ("" if in_table else "<table>")
+            + "<tr>"
+            + "".join(f"<{tag}{'' if _is_number(c) else ' class=l'}>{e(c)}</{tag}>" for c in cells)
+        )
         in_table = True
     return "\n".join(out + (["</table>"] if in_table else []))
 

@@ -500,11 +500,15 @@ def fmt_seconds(seconds: float) -> str:
 
 
 def describe(spec: RunSpec | CellSpec) -> str:
+    """A unit in a log line: `train sentiment/amazon n=32 fticl k=2 lr=0.0001 ep=2`."""
+
+    def run_name(r: RunSpec) -> str:
+        extra = (f" k={r.fticl_k}" if r.fticl_k else "") + f" lr={_num(r.lr)} ep={_num(r.epochs)}"
+        return f"{r.task} n={r.size} {r.method}" + extra + (f" seed={r.seed}" if r.seed else "")
+
     if isinstance(spec, RunSpec):
-        return f"train {spec.task}/{spec.train_set} n={spec.size} {spec.method}" + (
-            f" k={spec.fticl_k}" if spec.fticl_k else ""
-        )
-    who = spec.run.task + f" n={spec.run.size} {spec.run.method}" if spec.run else f"{spec.model} base"
+        return f"train {spec.task}/{spec.train_set} " + run_name(spec).split(" ", 1)[1]
+    who = run_name(spec.run) if spec.run else f"{spec.model} base"
     return f"eval [{who}] on {spec.test_task}/{spec.test_set} {spec.shots}-shot fmt {spec.fmt}"
 
 

@@ -230,7 +230,8 @@ def collate(examples: list[Example], pad_id: int, device: torch.device | str = "
 
 
 def split_micro(indices: list[int], lengths: list[int], micro: int, max_tokens: int | None) -> list[list[int]]:
-    """Consecutive micro-batches of at most `micro` examples and `max_tokens` tokens once padded."""
+    """Consecutive micro-batches of at most `micro` examples and `max_tokens` tokens once padded (with a
+    token cap, a micro-batch with a long tail is cut in two: see _split_padding)."""
     out: list[list[int]] = []
     current: list[int] = []
     longest = 0
@@ -241,7 +242,25 @@ def split_micro(indices: list[int], lengths: list[int], micro: int, max_tokens: 
             current, width = [], lengths[i]
         current.append(i)
         longest = width
-    return out + [current] if current else out
+    out = out + [current] if current else out
+    if not max_tokens:  # fixed micro-batches (DeepSpeed fixes its accumulation steps up front)
+        return out
+    return [part for batch in out for part in _split_padding(batch, lengths)]
+
+
+def _split_padding(batch: list[int], lengths: list[int], keep: float = 0.9) -> list[list[int]]:
+    """Cut a micro-batch in two where that drops over 1 - `keep` of its padded tokens (a long tail).
+    On CPUs a forward pass costs about its padded tokens, so fewer tokens beat fewer passes."""
+    if len(batch) < 2:
+        return [batch]
+    by_len = sorted(batch, key=lengths.__getitem__)
+    padded = len(by_len) * lengths[by_len[-1]]
+    best, cut = min(
+        (k * lengths[by_len[k - 1]] + (len(by_len) - k) * lengths[by_len[-1]], k) for k in range(1, len(by_len))
+    )
+    if best >= keep * padded:
+        return [batch]
+    return _split_padding(by_len[:cut], lengths, keep) + _split_padding(by_len[cut:], lengths, keep)
 
 
 def epoch_plan(
