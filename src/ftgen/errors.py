@@ -57,8 +57,9 @@ def format_errors(source: str, err: ValidationError, rename: dict[str, str] | No
     return one_line(f"{source}: " + "; ".join(parts))
 
 
-def parse_fields(model: type[M], data: object, source: str, what: str) -> M:
-    """`data` (from YAML) validated as `model`; any problem is one UserError line naming the field."""
+def parse_fields(model: type[M], data: object, source: str, what: str, rename: dict[str, str] | None = None) -> M:
+    """`data` (from YAML) validated as `model`; any problem is one UserError line naming the field
+    (`rename`: top-level field -> the name the user wrote it under)."""
     from pydantic import ValidationError
 
     if not isinstance(data, dict):
@@ -66,7 +67,7 @@ def parse_fields(model: type[M], data: object, source: str, what: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise UserError(format_errors(source, e)) from None
+        raise UserError(format_errors(source, e, rename)) from None
 
 
 def one_line(text: str) -> str:

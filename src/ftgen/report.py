@@ -668,19 +668,20 @@ def run_params(d: StudyData, row: Row) -> dict:
     }
 
 
-def _series(d: StudyData, row: Row, param: str) -> tuple[str | None, str]:
+def _series(row: Row, params: dict, param: str) -> tuple[str | None, str]:
     """The line a run belongs to in a sweep plot of `param`: its train task and method (for a LoRA rank
     sweep ft / fticl: each rank has its own method label)."""
-    return row.train_task, run_params(d, row)["kind"] if param == "lora_r" else row.method
+    return row.train_task, params["kind"] if param == "lora_r" else row.method
 
 
-def swept_params(d: StudyData) -> list[str]:
+def swept_params(d: StudyData, params: dict[Row, dict] | None = None) -> list[str]:
     """Parameters with at least two values on one line (same train task and method)."""
+    params = params or {r: run_params(d, r) for r in d.run_rows}
     swept = []
     for p in SWEEPABLE:
         values: dict[tuple, set] = defaultdict(set)
         for r in d.run_rows:
-            values[_series(d, r, p)].add(run_params(d, r)[p])
+            values[_series(r, params[r], p)].add(params[r][p])
         if any(len(v) > 1 for v in values.values()):
             swept.append(p)
     return swept
@@ -690,7 +691,8 @@ def sweep_plot(d: StudyData, path: Path) -> list[str]:
     """Mean cross-task (solid) and in-domain (dashed) delta vs each swept parameter, per train task and
     method, averaged over the other parameters and seeds; one row of panels per setting. Returns the
     swept parameters (none: no plot)."""
-    swept = swept_params(d)
+    params = {r: run_params(d, r) for r in d.run_rows}  # parsed once: each run's config is JSON
+    swept = swept_params(d, params)
     if not swept:
         return []
     plt = _plt()
@@ -703,12 +705,10 @@ def sweep_plot(d: StudyData, path: Path) -> list[str]:
             ax = axes[si][pi]
             series: dict[tuple, dict] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
             for r in d.run_rows:
-                params = run_params(d, r)
-                name = _series(d, r, p)
                 for g in ("cross", "ID"):
                     if means[r][g] is not None:
-                        series[name][g][params[p]].append(means[r][g])
-            values = sorted({run_params(d, r)[p] for r in d.run_rows}, key=lambda v: (isinstance(v, str), v))
+                        series[_series(r, params[r], p)][g][params[r][p]].append(means[r][g])
+            values = sorted({params[r][p] for r in d.run_rows}, key=lambda v: (isinstance(v, str), v))
             pos = {v: i for i, v in enumerate(values)} if p == "model" else {v: v for v in values}
             for i, (name, by_group) in enumerate(series.items()):
                 for g, style in (("cross", "-"), ("ID", "--")):

@@ -40,7 +40,7 @@ from ftgen.config import (
     validate_study,
 )
 from ftgen.data import read_raw_records
-from ftgen.errors import UserError, format_errors
+from ftgen.errors import UserError, parse_fields
 from ftgen.files import atomic_write_text, ensure_writable_dir
 from ftgen.store import Store, canonical_json
 
@@ -169,8 +169,6 @@ def _run_spec(
     resolved: Resolved, i: int, model: str, size: int, method, lr: float, epochs: float, seed: int
 ) -> RunSpec:
     """One training run: its TrainConfig (validated by the training engine) and its identity."""
-    from pydantic import ValidationError
-
     from ftgen.train import TrainConfig
 
     cfg = resolved.cfg
@@ -192,15 +190,13 @@ def _run_spec(
     }
     if method.lora_alpha is not None:
         fields["lora_alpha"] = method.lora_alpha
-    try:
-        tc = TrainConfig.model_validate(fields)
-    except ValidationError as e:  # name the study's field: train_args.X, hyper.lr, methods.N.lora_r, ...
-        where = {f: f"train_args.{f}" for f in cfg.train_args} | {
-            f: p.replace("train.N", f"train.{i}").replace("methods.N", f"methods.{cfg.methods.index(method)}")
-            for f, p in STUDY_OWNED_TRAIN_FIELDS.items()
-        }
-        source = f"{cfg.name}: training run (train.{i}, method {method.display})"
-        raise UserError(format_errors(source, e, where)) from None
+    # an error names the study's field (train_args.X, hyper.lr, methods.N.lora_r, ...), not TrainConfig's
+    where = {f: f"train_args.{f}" for f in cfg.train_args} | {
+        f: p.replace("train.N", f"train.{i}").replace("methods.N", f"methods.{cfg.methods.index(method)}")
+        for f, p in STUDY_OWNED_TRAIN_FIELDS.items()
+    }
+    source = f"{cfg.name}: training run (train.{i}, method {method.display})"
+    tc = parse_fields(TrainConfig, fields, source, "a training run", rename=where)
     dump = tc.model_dump()
     pool = file_sha(resolved.files[task.name].pools[tc.fticl_pool or train_set]) if k else None
     identity = {
@@ -972,7 +968,10 @@ def remove_leftovers(out: str | Path) -> int:
     """Delete what killed writes left behind (call under the study lock: no one else writes)."""
     paths = leftovers(out)
     for p in paths:
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
     return len(paths)
 
 
