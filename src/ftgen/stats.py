@@ -565,9 +565,9 @@ def mark(e: Estimate | Correlation | None) -> str:
 
 
 def format_cell(score: Estimate | None, delta: Estimate | None = None, digits: int = 1) -> str:
-    """A table cell: `92.5 ±4.1 (+7.5 ±5.0)*`; ± is the interval's larger half (an asymmetric interval is shown
-    by its larger half, never understated; [low, high] stay in the Estimate); `*` when the delta's interval
-    excludes 0; blank without a score. Signs are ASCII hyphen-minus."""
+    """A table cell: `92.5 ±4.1 (+7.5 ±5.0)*`. ± is the 95% interval's half-width; an asymmetric interval is
+    shown by its larger half ([low, high] stay in the Estimate for CSV and plots). `*` (MARK) when the delta's
+    interval excludes 0; blank without a score. Signs are ASCII hyphen-minus."""
     if score is None:
         return ""
     text = f"{_number(score.estimate, digits)} ±{score.half_width:.{digits}f}"
