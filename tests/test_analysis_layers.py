@@ -144,3 +144,11 @@ def test_cli_layers_bad_input(capsys, runs, paper_data, tmp_path, extra, needle)
     proc = run_cli_inprocess(capsys, *args, *extra)
     assert_user_error(proc, needle)
     assert not (tmp_path / "o").exists()
+
+
+def test_weights_only_without_data(runs, tmp_path):
+    profiles = [analyze_layers(runs[name], data_dir=None, tasks=[]) for name in ("ft", "fticl")]
+    assert all("cka" not in p for p in profiles)
+    reading = write_layers_report(profiles, tmp_path)
+    assert "cross-task CKA" not in reading["sentence"] and reading["weights"][0]["layer"] == 1
+    assert (tmp_path / "layers.png").exists() and (tmp_path / "layers.svg").exists()

@@ -6,7 +6,7 @@ head) are summed over four segments that partition the prompt:
 
 - `sink`: the tokenizer's special prefix (BOS) and the first position. Most LMs put a large,
   content-independent share of attention there (the attention sink, Xiao et al. 2024; in SmolLM2 up to
-  ~0.9 of a layer's mass), so it is counted apart;
+  ~0.9 of a layer's mass on a short prompt), so it is counted apart;
 - `examples`: the in-context examples (the context segment after the special prefix);
 - `query`: the tokens of the record's own input fields;
 - `template`: the query's template text (instruction, field names, answer cue; the answer position itself).
@@ -20,6 +20,7 @@ shares uniform attention would give.
 from __future__ import annotations
 
 import random
+import re
 import string
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,8 +48,6 @@ class SegmentedPrompt:
 
 def field_spans(task: TaskDef, fmt: int, record: dict, query: str) -> list[tuple[int, int]]:
     """Character spans of the record's field values in `query` (its filled template, possibly truncated)."""
-    import re
-
     pieces = list(string.Formatter().parse(task.templates[fmt]))
     spans, text = [], ""
     formatter = string.Formatter()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 from ftgen.errors import UserError
@@ -133,12 +134,12 @@ def pyplot():
 
 
 def method_colors(methods: list[str | None]) -> list:
-    """One color per entry: shades of blue for FT runs, of orange for FTICL runs, grey for unknown."""
+    """One color per entry: shades of blue for FT runs, of orange for FTICL runs, of grey for the others."""
     plt = pyplot()
+    total, seen = Counter(methods), Counter()
     colors = []
     for method in methods:
-        same = [m for m in methods if m == method]
-        index = sum(1 for m in methods[: len(colors)] if m == method)
-        shade = 0.85 - 0.45 * index / max(len(same) - 1, 1) if len(same) > 1 else 0.75
+        shade = 0.75 if total[method] == 1 else 0.9 - 0.5 * seen[method] / (total[method] - 1)
+        seen[method] += 1
         colors.append(plt.get_cmap(METHOD_STYLE.get(method, METHOD_STYLE[None])["cmap"])(shade))
     return colors

@@ -160,7 +160,7 @@ def compare_methods(profiles: list[dict], top: int = 3) -> dict:
     factor = max(ft_all, fticl_all) / min(ft_all, fticl_all) if min(ft_all, fticl_all) > 0 else math.inf
     shown = ", ".join(f"{w['layer']} ({w['ft_over_fticl']:.2f}x)" for w in weights)
     sentence = (
-        f"{more} changes the weights more than {less} (mean |ΔW| FT {ft_all:.3g} vs FTICL {fticl_all:.3g}, "
+        f"{more} changes the weights more than {less} (mean |ΔW| FT {ft_all:.2e} vs FTICL {fticl_all:.2e}, "
         f"{factor:.2f}x; {count['ft']} vs {count['fticl']} runs); per layer the gap is largest in layers {shown} "
         "(FT / FTICL)"
     )
@@ -241,7 +241,7 @@ def layers_markdown(profiles: list[dict], reading: dict) -> str:
         low = f"{min(cross):.3f} (layer {cross.index(min(cross))})" if cross else "-"
         lines.append(
             f"| {p['label']} | {(p['method'] or '?').upper()} | {p['train_task'] or '?'} | "
-            f"{p['total']['mean_abs_change']:.3g} | {', '.join(str(e['layer']) for e in top)} | {low} |"
+            f"{p['total']['mean_abs_change']:.3e} | {', '.join(str(e['layer']) for e in top)} | {low} |"
         )
     return "\n".join(lines) + "\n"
 
