@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 
-def tiny_llama(layers: int = 3, seed: int = 0):
+def tiny_llama(layers: int = 3, seed: int = 0, tie: bool = True):
     """A random-weight Llama (width 32) over the default model's tokenizer, in eval mode: (model, tokenizer)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -25,7 +25,7 @@ def tiny_llama(layers: int = 3, seed: int = 0):
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,

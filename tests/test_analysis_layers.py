@@ -152,3 +152,25 @@ def test_weights_only_without_data(runs, tmp_path):
     reading = write_layers_report(profiles, tmp_path)
     assert "cross-task CKA" not in reading["sentence"] and reading["weights"][0]["layer"] == 1
     assert (tmp_path / "layers.png").exists() and (tmp_path / "layers.svg").exists()
+
+
+def test_module_families_and_an_untied_head():
+    from ftgen.analysis import weight_drift
+    from ftgen.analysis.layers import layer_profile
+
+    names = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert [module_family(m) for m in names] == ["attention"] * 4 + ["mlp"] * 3
+    assert [module_family(m) for m in ("input_layernorm", "post_attention_layernorm", "norm")] == ["norm"] * 3
+    assert (module_family("embed_tokens"), module_family("lm_head"), module_family("c_attn")) == (
+        "embedding",
+        "head",
+        "attention",
+    )
+    model, _ = tiny_llama(layers=2, tie=False)
+    twin = perturbed(model, 0, 0.01, lambda name: name.startswith("lm_head"))
+    drift = {"run": "x", "base": "y", "weights": weight_drift(model, twin)}
+    profile = layer_profile(drift, label="x", train_task=None, method=None, kind="full")
+    assert set(profile["outside_layers"]) == {"embed_tokens", "norm", "lm_head"}
+    assert profile["outside_layers"]["lm_head"]["mean_abs_change"] > 0
+    assert profile["outside_layers"]["embed_tokens"]["mean_abs_change"] == 0.0  # untied: the head moved alone
+    assert all(e["mean_abs_change"] == 0.0 for e in profile["layers"])
