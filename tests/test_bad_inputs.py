@@ -70,7 +70,8 @@ TASK_CASES = {
     "field_map_unknown_key.yaml": "key 'body' is not a field of the task",
     "field_map_to_nothing.yaml": "'text' maps to an empty column name",
     "field_map_not_text.yaml": "field 'field_map.text'",
-    "field_map_same_column.yaml": "two fields read the same column",
+    "field_map_same_column.yaml": "two fields would read the same column 'body'",
+    "field_map_onto_output.yaml": "two fields would read the same column 'output'",
     # numbers
     "shots_negative.yaml": "field 'eval_shots.1'",
     "shots_duplicate.yaml": "duplicate shot counts",

@@ -167,3 +167,13 @@ def test_hidden_and_other_files_in_a_task_dir_are_not_tasks(tmp_path):
     (tmp_path / "topic.yaml~").write_text("backup")
     (tmp_path / "notes.txt").write_text("x")
     assert "topic" in all_tasks([tmp_path])
+
+
+def test_yaml_int_raw_labels_map_like_text_labels(tmp_path):
+    path = tmp_path / "sst.yaml"
+    path.write_text(yaml.safe_dump(USER_TASK) + "label_map: {0: sports, 1: politics}\n")
+    task = load_task(str(path))
+    assert task.label_map == {"0": "sports", "1": "politics"}
+    from ftgen.data import normalise_record
+
+    assert normalise_record({"text": "goal", "output": 0}, task, 0, "f")["output"] == "sports"

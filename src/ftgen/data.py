@@ -196,51 +196,60 @@ def _short(text: str, n: int = 60) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def _record_id(raw: dict, index: int, where: str) -> str:
+def _bad(text: str) -> bool:
+    """True if `text_problem` has something to say (fast: most text is ASCII without NUL)."""
+    return "\x00" in text or (not text.isascii() and text_problem(text) is not None)
+
+
+def _record_id(raw: dict, index: int, source: str) -> str:
     """The record's `idx` (or `id`) as text, else its position in the file."""
-    for key in ("idx", "id"):
-        value = raw.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise UserError(f"{where}: field '{key}': expected an integer or a text id, got {type(value).__name__}")
-        text = str(value)
-        if problem := text_problem(text):
-            raise UserError(f"{where}: field '{key}': {problem}")
-        return text
-    return str(index)
+    key = "idx" if raw.get("idx") is not None else "id"
+    value = raw.get(key)
+    if value is None:
+        return str(index)
+    where = f"{source}: record {index}"
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise UserError(f"{where}: field '{key}': expected an integer or a text id, got {type(value).__name__}")
+    if isinstance(value, str) and _bad(value):
+        raise UserError(f"{where}: field '{key}': {text_problem(value)}")
+    return str(value)
+
+
+def _as_text(value: object, source: str, index: int, key: str) -> str:
+    """A field that is not text already: a number becomes text; anything else is an error."""
+    where = f"{source}: record {index}"
+    if value is None:
+        raise UserError(f"{where}: field '{key}': missing")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where}: field '{key}': expected text, got {value}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise UserError(f"{where}: field '{key}': expected text, got {type(value).__name__}")
 
 
 def normalise_record(raw: object, task: TaskDef, index: int, source: str) -> dict | None:
     """The record in ftgen's shape, None if its gold label is ignored; UserError if it is invalid."""
-    where = f"{source}: record {index}"
     if not isinstance(raw, dict):
-        raise UserError(f"{where}: expected an object with fields, got {type(raw).__name__}")
-    out: dict = {"id": _record_id(raw, index, where)}
-    for name in [*task.fields, "output"]:
+        raise UserError(f"{source}: record {index}: expected an object with fields, got {type(raw).__name__}")
+    out: dict = {"id": _record_id(raw, index, source)}
+    for name in (*task.fields, "output"):
         key = task.field_map.get(name, name)
-        if key not in raw or raw[key] is None:
-            raise UserError(f"{where}: field '{key}': missing")
-        value = raw[key]
+        value = raw.get(key)
         if name == "output" and task.label_map and isinstance(value, (str, int)) and not isinstance(value, bool):
             value = task.label_map.get(str(value), value)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"{where}: field '{key}': expected text, got {value}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str):
-            raise UserError(f"{where}: field '{key}': expected text, got {type(value).__name__}")
-        if problem := text_problem(value):  # it would pass here and crash the tokenizer after the model loaded
-            raise UserError(f"{where}: field '{key}': {problem}")
+        if type(value) is not str:
+            value = _as_text(value, source, index, key)
+        if _bad(value):  # it would pass here and crash the tokenizer after the model loaded
+            raise UserError(f"{source}: record {index}: field '{key}': {text_problem(value)}")
         if not value.strip():
-            raise UserError(f"{where}: field '{key}': empty text")
+            raise UserError(f"{source}: record {index}: field '{key}': empty text")
         out[name] = value
     if out["output"] in task.ignore_labels:
         return None
     if task.kind == "classification" and out["output"] not in task.labels:
         raise UserError(
-            f"{where}: field '{task.field_map.get('output', 'output')}': label '{_short(out['output'])}' "
-            f"is not one of the label words {task.labels}"
+            f"{source}: record {index}: field '{task.field_map.get('output', 'output')}': "
+            f"label '{_short(out['output'])}' is not one of the label words {task.labels}"
         )
     return out
 

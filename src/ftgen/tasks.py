@@ -223,8 +223,17 @@ class TaskDef(BaseModel):
                 raise ValueError(f"key '{_short(ours)}' is not a field of the task ({', '.join([*fields, 'output'])})")
             if not theirs.strip():
                 raise ValueError(f"'{ours}' maps to an empty column name")
-        if len(set(mapping.values())) != len(mapping):
-            raise ValueError("two fields read the same column")
+        columns = [mapping.get(f, f) for f in [*fields, "output"]]  # unmapped fields read their own name
+        if dupes := sorted({c for c in columns if columns.count(c) > 1}):
+            raise ValueError(f"two fields would read the same column '{_short(dupes[0])}'")
+        return mapping
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _raw_labels_as_text(cls, mapping: object) -> object:
+        """`{0: negative, 1: positive}` in YAML has int keys: raw labels are compared as text."""
+        if isinstance(mapping, dict):
+            return {str(k) if isinstance(k, int) and not isinstance(k, bool) else k: v for k, v in mapping.items()}
         return mapping
 
     @field_validator("label_map")
