@@ -271,3 +271,22 @@ def test_a_saved_model_follows_the_umask(umask, tmp_path):
     for path in model.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
     assert stat.S_IMODE(model.stat().st_mode) == 0o777 & ~umask
+
+
+def test_a_binary_or_sparse_file_is_refused_from_its_head(tmp_path):
+    """read_text looks at the first 64 KiB before reading the rest: a 1 GiB sparse file (all NULs) is refused
+    after one small read, and check_head sees only that head."""
+    sparse = tmp_path / "sparse.json"
+    with sparse.open("wb") as f:
+        f.truncate(2**30)
+    with pytest.raises(UserError, match="holds a NUL byte \\(at byte 0\\)"):
+        read_text(sparse)
+    seen = []
+
+    def refuse(head: bytes) -> None:
+        seen.append(len(head))
+        raise UserError("refused")
+
+    with pytest.raises(UserError, match="refused"):
+        read_bytes(sparse, check_head=refuse)
+    assert seen == [2**16 + 1]

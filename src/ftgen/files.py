@@ -25,6 +25,7 @@ import os
 import re
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -108,8 +109,11 @@ def list_dir(path: str | Path) -> list[Path]:
 # ---------------------------------------------------------------- bytes and text
 
 
-def read_bytes(path: str | Path, max_bytes: int | None = None) -> bytes:
-    """The bytes of a regular file, at most `max_bytes` (default `max_file_bytes()`)."""
+def read_bytes(
+    path: str | Path, max_bytes: int | None = None, check_head: Callable[[bytes], None] | None = None
+) -> bytes:
+    """The bytes of a regular file, at most `max_bytes` (default `max_file_bytes()`). `check_head` sees the
+    first 64 KiB before the rest is read: a binary or sparse file is refused without reading gigabytes."""
     limit = max_file_bytes() if max_bytes is None else max_bytes
     st = stat_input(path, "file")
     if st.st_size > limit:
@@ -123,13 +127,15 @@ def read_bytes(path: str | Path, max_bytes: int | None = None) -> bytes:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise UserError(f"{path}: is no longer a regular file (it changed while being opened)")
         chunks: list[bytes] = []
-        total, want = 0, min(st.st_size, limit) + 1
+        total, want = 0, min(st.st_size, limit, 2**16 if check_head else limit) + 1
         while chunk := os.read(fd, want):
+            if check_head and not chunks:
+                check_head(chunk)
             chunks.append(chunk)
             total += len(chunk)
             if total > limit:  # the file grew, or lies about its size (/proc)
                 raise UserError(f"{path}: larger than the {_size(limit)} ftgen reads ({_raise_hint()})")
-            want = min(2**24, limit + 1 - total)
+            want = min(max(st.st_size - total, 2**24), limit - total) + 1  # the rest at once, if its size is known
     except OSError as e:
         raise UserError(f"{path}: {_os_problem(e)}") from None
     finally:
@@ -158,16 +164,18 @@ _UTF16_32_BOMS = {
 
 def read_text(path: str | Path, max_bytes: int | None = None) -> str:
     """A UTF-8 text file (a leading byte-order mark skipped); anything else is a UserError naming it."""
-    data = read_bytes(path, max_bytes)
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8) :]
-    for bom, encoding in _UTF16_32_BOMS.items():  # UTF-32 LE first: its BOM starts like UTF-16 LE's
-        if data.startswith(bom):
-            raise UserError(f"{path}: encoded as {encoding} (byte-order mark): save it as UTF-8")
-    if (nul := data.find(b"\x00")) >= 0:
-        raise UserError(f"{path}: holds a NUL byte (at byte {nul}): not a text file")
+
+    def not_text(data: bytes) -> None:
+        for bom, encoding in _UTF16_32_BOMS.items():  # UTF-32 LE first: its BOM starts like UTF-16 LE's
+            if data.startswith(bom):
+                raise UserError(f"{path}: encoded as {encoding} (byte-order mark): save it as UTF-8")
+        if (nul := data.find(b"\x00")) >= 0:
+            raise UserError(f"{path}: holds a NUL byte (at byte {nul}): not a text file")
+
+    data = read_bytes(path, max_bytes, check_head=not_text)
+    not_text(data)
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # -sig: a leading UTF-8 byte-order mark is dropped
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not valid UTF-8 (byte {e.start})") from None
 
