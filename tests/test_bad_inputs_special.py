@@ -510,3 +510,26 @@ def test_case_counts():
     }
     assert all(n >= 4 for n in counts.values()), counts
     assert len(ALL_CASES) == sum(counts.values()) - len(MODEL_CASES)  # no id shared between classes
+
+
+@pytest.mark.timeout(120)
+def test_in_a_real_process(tmp_path):
+    """The same promise from a real `ftgen` process: a FIFO with a non-UTF-8 name (a hang before, and a name
+    that stderr must escape) and a Hub id with no network (the probe decides, no HF_HUB_OFFLINE)."""
+    from helpers import run_cli
+
+    fifo_path = os.path.join(os.fsencode(tmp_path), b"caf\xe9.json")
+    os.mkfifo(fifo_path)
+    out = tmp_path / "out"
+    proc = run_cli("eval", "--task", "sentiment", "--test-set", os.fsdecode(fifo_path), "--out", str(out), timeout=60)
+    assert_user_error(proc, "caf\\udce9.json: is a FIFO")
+    (tmp_path / "set.json").write_text(OK_JSON)
+    env = {"HF_HUB_OFFLINE": "", "FTGEN_CACHE": str(tmp_path / "cache")}
+    t0 = time.monotonic()
+    proc = run_cli(
+        "eval", "--model", "someone/no-such-model-ftgen", "--task", "sentiment", "--test-set",
+        str(tmp_path / "set.json"), "--out", str(out), env=env, timeout=100,
+    )  # fmt: skip
+    assert_user_error(proc, "someone/no-such-model-ftgen")
+    assert time.monotonic() - t0 < 40  # process start and imports included; no minute of retries
+    assert sorted(p.name for p in tmp_path.iterdir()) == [os.fsdecode(b"caf\xe9.json"), "set.json"]
