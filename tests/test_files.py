@@ -69,7 +69,7 @@ def test_reads_are_bounded(tmp_path, monkeypatch):
     monkeypatch.setenv("FTGEN_MAX_FILE_BYTES", "1000")
     with pytest.raises(UserError, match=r"big.json: 4.9 KiB, larger than the 1000 bytes ftgen reads \(set FTGEN_MAX"):
         read_json(path)
-    for bad in ("lots", "-1", "0", "1e9", "9" * 40):
+    for bad in ("lots", "-1", "0", "1e9", "9" * 40, "9" * 5000):
         monkeypatch.setenv("FTGEN_MAX_FILE_BYTES", bad)
         with pytest.raises(UserError, match="FTGEN_MAX_FILE_BYTES: expected a positive number of bytes"):
             read_json(path)
@@ -191,6 +191,7 @@ def test_yaml_reads_as_yaml_1_2_does(tmp_path):
         ('"k\\0": 1\n', "a key in field '(top level)': holds a NUL character"),
         ("a: " + "9" * 4400 + "\n", "a number of more than 4300 digits"),
         ("a: " + "[" * 3000 + "]" * 3000 + "\n", "nesting depth"),
+        ("a: \x07\n", "unacceptable character #x0007"),
         ("", "empty file"),
         ("# only a comment\n", "empty file"),
     ],

@@ -52,7 +52,7 @@ def max_file_bytes() -> int:
     value = os.environ.get(MAX_FILE_BYTES_ENV, "").strip()
     if not value:
         return DEFAULT_MAX_FILE_BYTES
-    if not value.isdigit() or int(value) < 1 or len(value) > 30:
+    if not value.isdigit() or len(value) > 30 or int(value) < 1:
         raise UserError(f"{MAX_FILE_BYTES_ENV}: expected a positive number of bytes, got '{value[:40]}'")
     return int(value)
 
@@ -310,7 +310,7 @@ def _short(text: str, n: int = 60) -> str:
 def _yaml_problem(e: yaml.YAMLError) -> str:
     """' at line N: what' for the one-line message."""
     if isinstance(e, yaml.reader.ReaderError):
-        char = e.character if isinstance(e.character, int) else (e.character[:1] or b"?")[0]
+        char = e.character if isinstance(e.character, int) else ord(e.character[:1] or "?")
         return f": unacceptable character #x{char:04x} at position {e.position}: {e.reason}"
     mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
     where = f" at line {mark.line + 1}" if mark is not None else ""
