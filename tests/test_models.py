@@ -136,7 +136,7 @@ def test_the_cache_dir(monkeypatch, tmp_path):
     ],
 )
 def test_which_names_are_paths(name, path_like, tmp_path, monkeypatch):
-    from ftgen.models import check_model_name, looks_like_path
+    from ftgen.hub import check_model_name, looks_like_path
 
     monkeypatch.chdir(tmp_path)
     assert looks_like_path(name) == path_like
@@ -148,7 +148,8 @@ def test_which_names_are_paths(name, path_like, tmp_path, monkeypatch):
 
 
 def test_a_relative_path_under_an_existing_directory_is_a_path(tmp_path, monkeypatch):
-    from ftgen.models import check_model_name, resolve_model
+    from ftgen.hub import check_model_name
+    from ftgen.models import resolve_model
 
     monkeypatch.chdir(tmp_path)
     check_model_name("models/nope")  # no models/ here: a Hub id (owner 'models')

@@ -371,8 +371,7 @@ def test_folder_and_set_names_cannot_leave_the_data_directory(name):
 @settings(max_examples=300, deadline=None)
 @given(name=odd_text | st.from_regex(r"[.~/]?[a-z./\\-]{0,12}", fullmatch=True))
 def test_a_path_like_model_name_that_does_not_exist_is_refused_at_once(name, tmp_path_factory):
-    from ftgen.hub import is_hub_id
-    from ftgen.models import check_model_name, looks_like_path
+    from ftgen.hub import check_model_name, is_hub_id, looks_like_path
 
     cwd = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("cwd"))  # nothing exists here

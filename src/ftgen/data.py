@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftgen.errors import UserError
+from ftgen.errors import UserError, one_line
 from ftgen.files import list_dir, max_file_bytes, read_json, read_jsonl, read_text, stat_input, text_problem
 from ftgen.tasks import TaskDef, plain_name
 
@@ -193,7 +193,8 @@ def _read_hf(spec: str) -> list:
 
 
 def _short(text: str, n: int = 60) -> str:
-    return text if len(text) <= n else text[: n - 3] + "..."
+    """A user's value in a message: at most n characters, on one line."""
+    return one_line(text if len(text) <= n else text[: n - 3] + "...")
 
 
 def _bad(text: str) -> bool:

@@ -1,4 +1,4 @@
-"""The Hugging Face Hub: which names are Hub ids, and whether the Hub can be reached at all.
+"""Model and dataset names: local paths or Hugging Face Hub ids, and whether the Hub can be reached at all.
 
 Offline, the Hub libraries retry each request for most of a minute and print a line per retry. ftgen asks
 once, with a short connection probe (or trusts `HF_HUB_OFFLINE=1`), and when the Hub is out of reach loads
@@ -15,7 +15,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
+from pathlib import Path
 from urllib.parse import urlparse
+
+from ftgen.errors import UserError
+from ftgen.files import list_dir, stat_input
 
 PROBE_TIMEOUT_S = 2.0
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -27,6 +31,39 @@ HUB_ID = re.compile(rf"^(?:{_HUB_PART}/)?{_HUB_PART}$")
 def is_hub_id(name: str) -> bool:
     """True if `name` has the shape of a Hub repository id ('gpt2', 'owner/name')."""
     return bool(HUB_ID.match(name))
+
+
+def looks_like_path(name: str) -> bool:
+    """True if `name` means a local directory rather than a Hub id (see ftgen.models' docstring)."""
+    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or not is_hub_id(name):
+        return True
+    return "/" in name and Path(name.split("/")[0]).is_dir()  # `models/nope` where models/ exists
+
+
+def check_model_name(name_or_path: str) -> None:
+    """Refuse at once, before any data or model loads, a model that cannot be: a path-like name that does
+    not exist, or a path that is not a directory (or holds a FIFO or a device where a file should be).
+    Imports no torch: a config validator may call it. `default` and Hub ids pass."""
+    if not name_or_path.strip():
+        raise UserError(f"model '{name_or_path}': no such directory (an empty model name)")
+    path = expand_path(name_or_path)
+    if not os.path.lexists(path):
+        if looks_like_path(name_or_path):
+            raise UserError(f"model '{name_or_path}': no such directory")
+        return
+    try:
+        for entry in list_dir(path):  # the library would open a FIFO named config.json and wait forever
+            stat_input(entry, "any")
+    except UserError as e:
+        raise UserError(f"model '{name_or_path}': {e}") from None
+
+
+def expand_path(name: str) -> Path:
+    """`name` as a path, `~` expanded (left as is for an unknown user)."""
+    try:
+        return Path(name).expanduser()
+    except RuntimeError:  # `~nosuchuser/x`
+        return Path(name)
 
 
 def _env_offline() -> bool:

