@@ -1,4 +1,5 @@
-"""Shared fixtures: the paper data beside the checkout, and the real default model, loaded once."""
+"""Shared fixtures: the paper data beside the checkout, the real default model loaded once, and the sandbox
+of the bad-input suites (nothing written, no model loaded)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,78 @@ def default_model_dir() -> Path:
     from ftgen.models import default_model_dir
 
     return default_model_dir()
+
+
+class ModelLoaded(BaseException):
+    """The tripwire of the bad-input suites: a bad input must be refused before any model loads. A
+    BaseException, so that no `except Exception` on the way can turn it into a user error."""
+
+
+class Sandbox:
+    """One bad-input case: its inputs go in `inputs`, its output dir is `out` (never created); the command
+    runs in an empty cwd, with an empty FTGEN_CACHE, offline. `freeze()` after building the inputs, then
+    `assert_untouched()`: nothing under the sandbox (output dir, cwd, cache, inputs) may have changed."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.inputs, self.out, self.cwd, self.cache = root / "in", root / "out", root / "cwd", root / "cache"
+        self.inputs.mkdir()
+        self.cwd.mkdir()
+        self._before: dict | None = None
+
+    def freeze(self) -> None:
+        from helpers import snapshot
+
+        self._before = snapshot(self.root)
+
+    def assert_untouched(self) -> None:
+        from helpers import snapshot
+
+        assert self._before is not None, "freeze() the sandbox before running the case"
+        after = snapshot(self.root)
+        changed = sorted(k for k in set(after) | set(self._before) if after.get(k) != self._before.get(k))
+        assert not changed, f"the command changed {changed}"
+
+
+def _sandbox(tmp_path: Path, monkeypatch, tripwire: bool) -> Sandbox:
+    from ftgen import hub
+
+    box = Sandbox(tmp_path)
+    box.setenv = monkeypatch.setenv  # for a case that sets the environment: undone after the test
+    monkeypatch.chdir(box.cwd)
+    monkeypatch.setenv("FTGEN_CACHE", str(box.cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("FTGEN_TASK_DIRS", "FTGEN_DTYPE", "FTGEN_MAX_FILE_BYTES"):
+        monkeypatch.delenv(name, raising=False)
+    hub.hub_unreachable.cache_clear()
+    if tripwire:
+        import transformers
+
+        from ftgen import models
+
+        def trip(*args, **kwargs):
+            raise ModelLoaded(f"a model or tokenizer was loaded: {args[:1]}")
+
+        for name in ("load_model", "load_tokenizer", "default_model_dir"):
+            monkeypatch.setattr(models, name, trip)
+        for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+            monkeypatch.setattr(cls, "from_pretrained", trip)
+    return box
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch) -> Sandbox:
+    """A bad-input case that must be refused before any model loads (a tripwire makes sure)."""
+    yield _sandbox(tmp_path, monkeypatch, tripwire=True)
+    from ftgen import hub
+
+    hub.hub_unreachable.cache_clear()
+
+
+@pytest.fixture
+def model_sandbox(tmp_path, monkeypatch) -> Sandbox:
+    """A bad-input case about the model itself: loading is tried, so no tripwire."""
+    yield _sandbox(tmp_path, monkeypatch, tripwire=False)
+    from ftgen import hub
+
+    hub.hub_unreachable.cache_clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -55,4 +56,45 @@ def assert_user_error(proc, *needles: str) -> None:
 def write_json(path: Path, obj) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj), encoding="utf-8")
+    return path
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under `root` (links not followed) with its type, size and mtime: what a refused command
+    must leave exactly as it was."""
+    import stat
+
+    seen = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            regular = stat.S_ISREG(st.st_mode)
+            seen[os.path.relpath(path, root)] = (stat.S_IFMT(st.st_mode), st.st_size if regular else 0, st.st_mtime_ns)
+    return seen
+
+
+def make_special(kind: str, path: Path) -> Path:
+    """A path of the given kind, which no reader may open."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev_zero":
+        os.symlink("/dev/zero", path)
+    elif kind == "socket":
+        cwd = os.getcwd()
+        os.chdir(path.parent)  # socket paths are limited to 108 bytes: bind a short relative name
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.bind(path.name)
+            s.close()
+        finally:
+            os.chdir(cwd)
+    elif kind == "loop":
+        os.symlink(path.name, path)
+    elif kind == "dangling":
+        os.symlink("nowhere", path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "missing":
+        pass
     return path

@@ -78,7 +78,7 @@ def _bad_model(tmp_path: Path) -> str:
         (["--task", "inference", "--test-set", "snli", "--shots", "3"], "no few-shot pool for 'snli'"),
         (["--task", "sentiment", "--test-set", "EMPTY"], "empty file"),
         (["--task", "sentiment", "--test-set", "EMPTY_LIST"], "no usable records"),
-        (["--task", "inference", "--test-set", "gptnli"], "use --skip-invalid"),
+        (["--task", "inference", "--test-set", "gptnli"], "skip_invalid / --skip-invalid"),
         (["--task", "sentiment", "--test-set", "sst2", "--prompt-format", "2"], "prompt format 2 does not exist"),
         (["--task", "sentiment", "--test-set", "sst2", "--scoring", "max"], "unknown rule 'max'"),
         (["--task", "sentiment", "--test-set", "sst2", "--model", "/no/such/model"], "no such directory"),

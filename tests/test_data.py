@@ -4,7 +4,15 @@ import json
 import pytest
 import yaml
 
-from ftgen.data import check_data_dir, load_pool, load_records, load_test_set, load_train_set
+from ftgen.data import (
+    check_data_dir,
+    load_pool,
+    load_records,
+    load_test_set,
+    load_train_set,
+    normalise_record,
+    scan_task_files,
+)
 from ftgen.errors import UserError
 from ftgen.tasks import load_task, parse_task
 from helpers import assert_user_error, run_cli, write_json
@@ -175,3 +183,84 @@ def test_user_task_data_in_paper_layout(tmp_path):
     proc = run_cli("data", "check", str(tmp_path / "data"), "--task-dir", str(task_dir))
     assert proc.returncode == 0, proc.stderr
     assert "topic" in proc.stdout and "sports 50%" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"input": "bad \ud800", "output": "positive"}, "record 1: field 'input': holds a lone UTF-16 surrogate"),
+        ({"input": "x", "output": "pos\udfffitive"}, "record 1: field 'output': holds a lone UTF-16 surrogate"),
+        ({"idx": "\ud800", "input": "x", "output": "positive"}, "record 1: field 'idx': holds a lone"),
+        ({"input": "a\x00b", "output": "positive"}, "record 1: field 'input': holds a NUL character"),
+        ({"idx": [1], "input": "x", "output": "positive"}, "record 1: field 'idx': expected an integer or a text id"),
+        ({"input": "x", "output": True}, "record 1: field 'output': expected text, got bool"),
+    ],
+)
+def test_text_the_tokenizer_would_choke_on_is_refused_naming_file_record_field(tmp_path, record, message):
+    """json.loads accepts "\\ud800"; refused here, before any model loads, not in the tokenizer after."""
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps([{"input": "good", "output": "negative"}, record]), encoding="utf-8")
+    with pytest.raises(UserError) as e:
+        load_records(path, SENT)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
+    assert "skip_invalid / --skip-invalid" in str(e.value)  # the config field and the flag, both
+    records, report = load_records(path, SENT, skip_invalid=True)
+    assert len(records) == 1 and report.invalid == 1
+
+
+def test_non_finite_numbers_from_a_dataset_are_not_text():
+    with pytest.raises(UserError, match="field 'input': expected text, got nan"):
+        normalise_record({"input": float("nan"), "output": "positive"}, SENT, 3, "hf:x")
+    assert normalise_record({"input": 12, "output": "positive", "idx": 7}, SENT, 0, "f")["id"] == "7"
+
+
+def test_csv_edge_cases_that_are_fine(tmp_path):
+    path = tmp_path / "d.csv"
+    long_text = "word " * 60_000  # 300 KB in one field: over the csv module's default limit
+    with path.open("w", newline="", encoding="utf-8-sig") as f:  # with a byte-order mark, as Excel writes
+        w = csv.writer(f)
+        w.writerow(["input", "output"])
+        w.writerow([long_text, "positive"])
+        w.writerow(['a "quoted", text', "negative"])
+    records, _ = load_records(path, SENT)
+    assert records[0]["input"] == long_text and records[1]["input"] == 'a "quoted", text'
+
+
+def test_hidden_files_in_a_data_dir_are_not_data(tmp_path):
+    folder = tmp_path / "sentiment"
+    write_json(folder / "toy_test_2.json", [{"input": "good", "output": "positive"}])
+    (folder / "._toy_test_2.json").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata
+    (folder / ".._test_2.json").write_text("[]")
+    files = scan_task_files(tmp_path, SENT)
+    assert list(files.test) == ["toy"]
+
+
+def test_set_names_from_specs_stay_inside_the_output_dir(tmp_path):
+    from ftgen.data import _set_name
+
+    assert _set_name("hf:owner/name:test") == "hf:owner--name:test"
+    assert _set_name("some/dir/my_set.jsonl") == "my_set"
+    for bad in ("dir/...json", "dir/" + "x" * 300 + ".json"):
+        with pytest.raises(UserError, match="no usable set name"):
+            _set_name(bad)
+
+
+@pytest.mark.parametrize("spec", ["hf:", "hf:../../etc", "hf:a/b/c", "hf:a--b", "hf:x:test;ls", "hf:x:"])
+def test_bad_hf_specs_are_refused_before_any_network(spec):
+    with pytest.raises(UserError, match="is not a"):
+        load_records(spec, SENT)
+
+
+@pytest.mark.timeout(60)
+def test_hf_spec_offline_fails_in_one_line_within_seconds(monkeypatch):
+    import time
+
+    from ftgen import hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.hub_unreachable.cache_clear()
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match="hf:nope/nothing: no local copy .* the Hub cannot be reached"):
+        load_records("hf:nope/nothing", SENT)
+    assert time.monotonic() - t0 < 15
+    hub.hub_unreachable.cache_clear()

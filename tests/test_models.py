@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,3 +64,154 @@ def test_unloadable_model(tmp_path):
         load_model(str(tmp_path))  # an empty directory
     with pytest.raises(UserError, match="no such directory"):
         load_model("./no/such/model")
+
+
+def test_explicit_dtype_beats_the_environment(monkeypatch):
+    """FTGEN_DTYPE replaces only `auto`: the fp32 that training's master weights ask for stays fp32."""
+    monkeypatch.setenv("FTGEN_DTYPE", "bf16")
+    assert choose_dtype("auto") == torch.bfloat16
+    assert choose_dtype("fp32") == torch.float32
+    assert choose_dtype("fp16") == torch.float16
+    monkeypatch.setenv("FTGEN_DTYPE", "fp32")
+    assert choose_dtype("bf16") == torch.bfloat16
+    monkeypatch.setenv("FTGEN_DTYPE", "auto")
+    assert choose_dtype("fp32") == torch.float32
+    monkeypatch.setenv("FTGEN_DTYPE", "int3")
+    assert choose_dtype("fp32") == torch.float32  # asked for: the environment is not even read
+    with pytest.raises(UserError, match="FTGEN_DTYPE: unknown dtype 'int3'"):
+        choose_dtype("auto")
+
+
+def test_loaded_weights_follow_the_dtype_precedence(monkeypatch, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ftgen.models import load_tokenizer
+
+    tok = load_tokenizer("default")
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    monkeypatch.setenv("FTGEN_DTYPE", "bf16")
+    model, _ = load_model(str(tmp_path / "tiny"), dtype="fp32")
+    assert next(model.parameters()).dtype == torch.float32
+    model, _ = load_model(str(tmp_path / "tiny"))
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_the_cache_dir(monkeypatch, tmp_path):
+    from ftgen.models import cache_dir
+
+    monkeypatch.setenv("FTGEN_CACHE", "~/x-ftgen")
+    assert cache_dir() == Path.home() / "x-ftgen"
+    monkeypatch.setenv("FTGEN_CACHE", str(tmp_path))
+    assert cache_dir() == tmp_path
+    for empty in ("", "   "):
+        monkeypatch.setenv("FTGEN_CACHE", empty)
+        with pytest.raises(UserError, match="FTGEN_CACHE is set but empty"):
+            cache_dir()
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setenv("FTGEN_CACHE", str(tmp_path / "f"))
+    with pytest.raises(UserError, match="is not a directory"):
+        cache_dir()
+
+
+@pytest.mark.parametrize(
+    "name, path_like",
+    [
+        ("gpt2", False),
+        ("meta-llama/Llama-2-7b-hf", False),
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", False),
+        ("./model", True),
+        ("../runs/x/model", True),
+        ("/abs/model", True),
+        ("~/model", True),
+        ("a/b/c", True),
+        ("runs\\x", True),
+        ("my model", True),
+        ("owner/name--x", True),
+        ("owner/", True),
+        ("", True),
+    ],
+)
+def test_which_names_are_paths(name, path_like, tmp_path, monkeypatch):
+    from ftgen.hub import check_model_name, looks_like_path
+
+    monkeypatch.chdir(tmp_path)
+    assert looks_like_path(name) == path_like
+    if path_like:
+        with pytest.raises(UserError, match="no such directory"):
+            check_model_name(name)
+    else:
+        check_model_name(name)  # a Hub id: left to the Hub (or the local cache)
+
+
+def test_a_relative_path_under_an_existing_directory_is_a_path(tmp_path, monkeypatch):
+    from ftgen.hub import check_model_name
+    from ftgen.models import resolve_model
+
+    monkeypatch.chdir(tmp_path)
+    check_model_name("models/nope")  # no models/ here: a Hub id (owner 'models')
+    (tmp_path / "models").mkdir()
+    with pytest.raises(UserError, match="model 'models/nope': no such directory"):
+        check_model_name("models/nope")
+    (tmp_path / "models" / "mine").mkdir()
+    assert resolve_model("models/mine") == "models/mine"
+
+
+@pytest.mark.timeout(60)
+def test_a_hub_id_offline_fails_in_one_line_within_seconds(monkeypatch, tmp_path):
+    import time
+
+    from ftgen import hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    hub.hub_unreachable.cache_clear()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(UserError) as e:
+            load_model("someone/no-such-model-ftgen")
+        assert time.monotonic() - t0 < 15
+        assert "no Hugging Face model of that id in the local cache (the Hub cannot be reached" in str(e.value)
+    finally:
+        hub.hub_unreachable.cache_clear()
+
+
+def test_the_hub_probe(monkeypatch):
+    """Unreachable: a refused connection, or offline by the environment. Reachable: a listening port."""
+    import socket
+
+    from ftgen import hub
+
+    for v in (*hub.OFFLINE_ENV, "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(v, raising=False)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        hub.hub_unreachable.cache_clear()
+        assert not hub.hub_unreachable()
+        server.close()
+        hub.hub_unreachable.cache_clear()
+        assert hub.hub_unreachable()  # connection refused
+        monkeypatch.setenv("HF_ENDPOINT", "http://no-such-host.invalid")
+        hub.hub_unreachable.cache_clear()
+        assert hub.hub_unreachable()
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        hub.hub_unreachable.cache_clear()
+        assert hub.hub_unreachable()
+    finally:
+        server.close()
+        hub.hub_unreachable.cache_clear()
+
+
+def test_hub_ids():
+    from ftgen.hub import is_hub_id
+
+    assert all(map(is_hub_id, ["gpt2", "a/b", "EleutherAI/pythia-70m", "x_y.z/A-1", "a" * 96]))
+    assert not any(map(is_hub_id, ["", "a/", "/a", "a/b/c", "a--b/c", "a/b..c", "-a/b", "a b", "a" * 97, "é"]))

