@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftgen.config import parse_study, validate_study
+from ftgen.config import parse_study
+from ftgen.driver import Driver
 from ftgen.errors import UserError
 from ftgen.executors import LocalExecutor
-from ftgen.store import Store
-from ftgen.study import build_plan, check_changes, drive, manifest
+from ftgen.plan import build_plan, check_changes
+from ftgen.store import Store, manifest
+from ftgen.validate import validate_study
 from helpers import assert_user_error, run_cli
 
 # The tiny study of the end-to-end tests: 1 train task, full FT and FTICL with LoRA (both kinds of saved model),
@@ -41,7 +43,7 @@ TINY = {
         "batch_size": 8,
         "dtype": "fp32",
     },
-    "threads": 1,  # on a busy 2-core CI machine, 2 torch threads wait on each other (see study._threads)
+    "threads": 1,  # on a busy 2-core CI machine, 2 torch threads wait on each other (see units.set_threads)
 }
 N_RUNS, N_CELLS = 2, 3 * 5
 
@@ -54,41 +56,38 @@ def plan_for(data: dict, paper_data: Path):
 
 
 class FakeUnits:
-    """Stand-ins for execute_train / execute_eval: record the order, fail on demand, write a model file."""
+    """Stand-ins for ftgen.units.Units, passed to the executor: record the order, fail on demand, write a model."""
 
     def __init__(self, fail: set[str] = frozenset()):
         self.calls: list[str] = []
         self.fail = set(fail)
 
-    def train(self, job: dict) -> dict:
-        self.calls.append(f"train {job['key']}")
-        model = Path(job["out_dir"]) / "model"
+    def train(self, job) -> dict:
+        self.calls.append(f"train {job.key}")
+        model = Path(job.out_dir) / "model"
         model.mkdir(parents=True, exist_ok=True)
-        (model / "weights.bin").write_bytes(job["key"].encode())
+        (model / "weights.bin").write_bytes(job.key.encode())
         summary = {"loss_first_epoch": 1.0, "loss_last_epoch": 0.5}
         return {"summary": summary, "manifest": manifest(model), "seconds": 0.1}
 
-    def eval(self, job: dict) -> dict:
-        self.calls.append(f"eval {job['key']} on {job['model_path']}")
-        if job["key"] in self.fail:
+    def eval(self, job) -> dict:
+        self.calls.append(f"eval {job.key} on {job.model_path}")
+        if job.key in self.fail:
             raise RuntimeError("boom\nsecond line")
         metrics = {"metric": "accuracy", "score": float(len(self.calls)), "n": 8}
         return {"metrics": metrics, "predictions": [{"id": "0", "prediction": "positive"}], "seconds": 0.1}
 
 
 @pytest.fixture
-def fake_units(monkeypatch):
-    units = FakeUnits()
-    monkeypatch.setattr("ftgen.study.execute_train", units.train)
-    monkeypatch.setattr("ftgen.study.execute_eval", units.eval)
-    return units
+def fake_units():
+    return FakeUnits()
 
 
-def _session(plan, out: Path, **kw) -> dict:
+def _session(plan, out: Path, units: FakeUnits, **kw) -> dict:
     with Store.open_writer(out) as store:
         check_changes(store, plan, **kw)
         store.add([r.row() for r in plan.runs], [c.row() for c in plan.cells])
-        return drive(plan, store, LocalExecutor(), plan.resolved.data_dir)
+        return Driver(plan, store, LocalExecutor(units)).run()
 
 
 def test_local_order_failures_and_retry(paper_data, tmp_path, fake_units):
@@ -96,7 +95,7 @@ def test_local_order_failures_and_retry(paper_data, tmp_path, fake_units):
     assert (len(plan.runs), len(plan.cells)) == (N_RUNS, N_CELLS)
     bad = plan.cells_of(plan.runs[1].key)[2].key
     fake_units.fail = {bad}
-    counts = _session(plan, tmp_path)
+    counts = _session(plan, tmp_path, fake_units)
     assert counts == {"runs done": 2, "cells done": N_CELLS - 1, "cells failed": 1}
     # base cells first, then each run: train, then all its cells (its model loaded once)
     kinds = [c.split()[0] + (" base" if c.endswith(" on default") else "") for c in fake_units.calls]
@@ -108,7 +107,7 @@ def test_local_order_failures_and_retry(paper_data, tmp_path, fake_units):
     # rerun: only the failed cell runs again (its model is not retrained), nothing is duplicated
     fake_units.calls.clear()
     fake_units.fail = set()
-    counts = _session(plan, tmp_path)
+    counts = _session(plan, tmp_path, fake_units)
     assert counts == {"cells done": 1} and fake_units.calls == [
         f"eval {bad} on {tmp_path / 'runs' / plan.runs[1].key / 'model'}"
     ]
@@ -123,30 +122,30 @@ def test_a_lost_model_is_trained_again_before_its_cells(paper_data, tmp_path, fa
     run = plan.runs[0]
     first = plan.cells_of(run.key)[0].key
     fake_units.fail = {first}
-    _session(plan, tmp_path)
+    _session(plan, tmp_path, fake_units)
     (tmp_path / "runs" / run.key / "model" / "weights.bin").unlink()  # the model no longer matches its manifest
     fake_units.calls.clear()
     fake_units.fail = set()
-    _session(plan, tmp_path)
+    _session(plan, tmp_path, fake_units)
     assert [c.split()[0] for c in fake_units.calls] == ["train", "eval"]
 
 
 def test_changed_config_is_reported_not_mixed(paper_data, tmp_path, fake_units):
     plan = plan_for(TINY, paper_data)
-    _session(plan, tmp_path)
+    _session(plan, tmp_path, fake_units)
     changed = json.loads(json.dumps(TINY))
     changed["eval"]["limit"] = 6
     changed["train_args"]["max_length"] = 200  # not a coordinate of the grid (lr would be: a new row)
     new = plan_for(changed, paper_data)
     with pytest.raises(UserError) as e:
-        _session(new, tmp_path)
+        _session(new, tmp_path, fake_units)
     msg = str(e.value)
     assert "2 finished training runs" in msg and "train.max_length: 256 -> 200" in msg
     assert f"{N_CELLS} finished evaluation cells" in msg and "limit: 8 -> 6" in msg and "--rerun-changed" in msg
     with Store.open_reader(tmp_path) as s:  # nothing was touched
         assert s.counts()["cells"] == {"pending": 0, "running": 0, "done": N_CELLS, "failed": 0, "superseded": 0}
     fake_units.calls.clear()
-    _session(new, tmp_path, rerun_changed=True)
+    _session(new, tmp_path, fake_units, rerun_changed=True)
     assert len(fake_units.calls) == N_RUNS + N_CELLS
     with Store.open_reader(tmp_path) as s:
         c = s.counts()["cells"]

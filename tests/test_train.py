@@ -22,18 +22,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ftgen.batching import IGNORE, collate, epoch_plan, split_micro
+from ftgen.config import TrainConfig
 from ftgen.errors import UserError
-from ftgen.train import (
-    IGNORE,
-    TrainConfig,
-    collate,
-    epoch_plan,
-    load_records,
-    response_loss,
-    split_micro,
-    tokenize,
-    train,
-)
+from ftgen.loss import response_loss
+from ftgen.train import load_records, tokenize, train
 
 
 def make_tiny_model(path: Path) -> Path:
@@ -227,7 +220,7 @@ def test_accumulation_gives_the_full_batch_gradient(tiny_model, paper_data, tmp_
 def test_response_loss_equals_the_models_own_loss_or_training_refuses(tiny_model, paper_data):
     """The head-on-response shortcut is checked against the model's forward(labels=...) before training."""
     from ftgen.models import load_model
-    from ftgen.train import check_response_loss
+    from ftgen.loss import check_response_loss
 
     cfg, task, ds, shots, tok = _loaded(tiny_cfg(tiny_model, paper_data, task="question", train_size=4))
     examples = tokenize(cfg, task, ds, shots, tok).examples
@@ -410,9 +403,9 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
         (["--fticl-shots", "9"], "pool 'amazon' has only 8"),
         (["--lora-r", "4", "--lora-targets", "q_proj,nope_proj"], "unknown LoRA target module(s) nope_proj"),
         (["--lora-r", "4", "--qlora"], "CUDA"),
-        (["--micro-batch-size", "0"], "micro_batch_size': Input should be greater than 0"),
+        (["--micro-batch-size", "0"], "--micro-batch-size': Input should be greater than or equal to 1"),
         (["--train-set", "nope"], "unknown train set 'nope'"),
-        (["--dtype", "fp8"], "unknown dtype"),
+        (["--dtype", "fp8"], "--dtype': Input should be 'auto', 'bf16', 'fp16' or 'fp32'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(monkeypatch, capsys, tiny_model, paper_data, tmp_path, extra, needle):
