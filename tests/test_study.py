@@ -58,12 +58,15 @@ def plan_for(data: dict, paper_data: Path):
 class FakeUnits:
     """Stand-ins for ftgen.units.Units, passed to the executor: record the order, fail on demand, write a model."""
 
-    def __init__(self, fail: set[str] = frozenset()):
+    def __init__(self, fail: set[str] = frozenset(), fail_all: bool = False):
         self.calls: list[str] = []
         self.fail = set(fail)
+        self.fail_all = fail_all
 
     def train(self, job) -> dict:
         self.calls.append(f"train {job.key}")
+        if self.fail_all:
+            raise RuntimeError("no room")
         model = Path(job.out_dir) / "model"
         model.mkdir(parents=True, exist_ok=True)
         (model / "weights.bin").write_bytes(job.key.encode())
@@ -72,7 +75,7 @@ class FakeUnits:
 
     def eval(self, job) -> dict:
         self.calls.append(f"eval {job.key} on {job.model_path}")
-        if job.key in self.fail:
+        if job.key in self.fail or self.fail_all:
             raise RuntimeError("boom\nsecond line")
         metrics = {"metric": "accuracy", "score": float(len(self.calls)), "n": 8}
         return {"metrics": metrics, "predictions": [{"id": "0", "prediction": "positive"}], "seconds": 0.1}
@@ -154,6 +157,27 @@ def test_changed_config_is_reported_not_mixed(paper_data, tmp_path, fake_units):
         live = s.rows("cells", "status != 'superseded'")
         assert len({r["slot"] for r in live}) == len(live) == N_CELLS
         assert all(json.loads(r["config"])["limit"] == 6 for r in live)
+
+
+def test_only_finished_work_updates_the_calibration(paper_data, tmp_path, monkeypatch):
+    """A study whose units all fail leaves the machine's calibration file as it was; finished work writes it."""
+    from ftgen.costs import calibration_path, load_calibration
+    from ftgen.study import run_study
+
+    monkeypatch.setenv("FTGEN_CACHE", str(tmp_path / "cache"))
+    cfg, out = _write_config(tmp_path, TINY), tmp_path / "out"
+    s = run_study(cfg, out, data_dir=paper_data, units=FakeUnits(fail_all=True))
+    assert (s["runs"]["failed"], s["cells"]["failed"]) == (N_RUNS, N_CELLS)
+    assert not calibration_path().exists()
+    calibration_path().parent.mkdir(parents=True)
+    calibration_path().write_text('{"theirs": 1}')
+    run_study(cfg, out, data_dir=paper_data, units=FakeUnits(fail_all=True))
+    assert calibration_path().read_text() == '{"theirs": 1}'
+    s = run_study(cfg, out, data_dir=paper_data, units=FakeUnits())
+    assert s["cells"]["done"] == N_CELLS and load_calibration()["study"] == "tiny"
+    before = calibration_path().read_text()
+    assert run_study(cfg, out, data_dir=paper_data, units=FakeUnits())["did"] == {}  # nothing new finished
+    assert calibration_path().read_text() == before
 
 
 # ---------------------------------------------------------------- slow: real studies through the CLI

@@ -219,8 +219,8 @@ def test_accumulation_gives_the_full_batch_gradient(tiny_model, paper_data, tmp_
 
 def test_response_loss_equals_the_models_own_loss_or_training_refuses(tiny_model, paper_data):
     """The head-on-response shortcut is checked against the model's forward(labels=...) before training."""
-    from ftgen.models import load_model
     from ftgen.loss import check_response_loss
+    from ftgen.models import load_model
 
     cfg, task, ds, shots, tok = _loaded(tiny_cfg(tiny_model, paper_data, task="question", train_size=4))
     examples = tokenize(cfg, task, ds, shots, tok).examples
@@ -341,6 +341,9 @@ def test_resume_after_a_stop_ends_with_the_same_weights(tiny_model, paper_data, 
     s = train(cfg, out, resume=True)  # replays steps 4-5 from the step-3 checkpoint
     assert s["resumed_from_step"] == 3 and s["steps"] == 12
     assert_same_weights(tmp_path / "straight" / "model", out / "model")
+    if lora:  # saved in one order whatever the process's hash seed (PEFT keeps the targets in a set)
+        adapter = json.loads((out / "model" / "adapter_config.json").read_text())
+        assert adapter["target_modules"] == ["down_proj", "q_proj", "v_proj"]
     strip = [{k: v for k, v in r.items() if k != "elapsed_s"} for r in loss_rows(out)]
     assert strip == [{k: v for k, v in r.items() if k != "elapsed_s"} for r in loss_rows(tmp_path / "straight")]
     # resuming a finished run is a no-op that returns its summary; a fresh run refuses to overwrite it

@@ -5,6 +5,7 @@ and the final save as a standard Hugging Face checkpoint or PEFT adapter directo
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -132,4 +133,16 @@ def save_final(accelerator, wrapped: nn.Module, tokenizer, target: Path) -> None
         if accelerator.is_main_process:
             state = {k.removeprefix("model."): v for k, v in state.items()}
             model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            _sort_adapter_targets(tmp / "adapter_config.json")
             tokenizer.save_pretrained(tmp)
+
+
+def _sort_adapter_targets(path: Path) -> None:
+    """PEFT writes `target_modules` from a set, in an order that changes from process to process: sort it, so a
+    rerun saves the same bytes (and the same manifest)."""
+    if not path.exists():
+        return
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
