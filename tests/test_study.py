@@ -159,6 +159,28 @@ def test_changed_config_is_reported_not_mixed(paper_data, tmp_path, fake_units):
         assert all(json.loads(r["config"])["limit"] == 6 for r in live)
 
 
+def test_worker_processes_run_the_units_they_are_given(paper_data, tmp_path):
+    """The pool executor installs the units once per worker process (their model cache arrives empty)."""
+    import pickle
+
+    from ftgen.executors import PoolExecutor
+    from ftgen.units import Units
+
+    units = Units()
+    units.models._id, units.models._model = ("m", "fp32"), object()
+    assert pickle.loads(pickle.dumps(units)).models._id is None
+    plan = plan_for(TINY, paper_data)
+    with Store.open_writer(tmp_path) as store:
+        store.add([r.row() for r in plan.runs], [c.row() for c in plan.cells])
+        ex = PoolExecutor(2, FakeUnits())
+        try:
+            counts = Driver(plan, store, ex).run()
+        finally:
+            ex.shutdown()
+        assert counts == {"runs done": N_RUNS, "cells done": N_CELLS}
+        assert store.counts()["cells"]["done"] == N_CELLS
+
+
 def test_only_finished_work_updates_the_calibration(paper_data, tmp_path, monkeypatch):
     """A study whose units all fail leaves the machine's calibration file as it was; finished work writes it."""
     from ftgen.costs import calibration_path, load_calibration

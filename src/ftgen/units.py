@@ -51,6 +51,9 @@ class ModelCache:
         self._id: tuple[str, str] | None = None
         self._model = None
 
+    def __reduce__(self):
+        return ModelCache, ()  # a cache never travels to another process: it arrives empty
+
     def get(self, path: str, dtype: str):
         """(model, tokenizer) of `path` in `dtype`, loaded unless it is the one held."""
         from ftgen.models import load_model
@@ -66,12 +69,6 @@ class Units:
     """The unit bodies of one process and its model cache (a cache never travels to another process)."""
 
     def __init__(self) -> None:
-        self.models = ModelCache()
-
-    def __getstate__(self) -> dict:
-        return {}
-
-    def __setstate__(self, state: dict) -> None:
         self.models = ModelCache()
 
     def train(self, job: TrainJob) -> dict:
