@@ -70,7 +70,13 @@ def _summary(out: Path) -> dict:
     return json.loads(summary)
 
 
-def test_a_stopped_study_resumes_after_its_data_dir_moved(paper_data, tmp_path, tiny):
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """A cache of the test's own: a study's calibration never reaches the machine's (the tiny model needs none)."""
+    monkeypatch.setenv("FTGEN_CACHE", str(tmp_path / "cache"))
+
+
+def test_a_stopped_study_resumes_after_its_data_dir_moved(paper_data, tmp_path, tiny, own_cache):
     first = _data_dir(paper_data, tmp_path / "data")
     cfg, out = _config(tmp_path, tiny), tmp_path / "out"
     s = run_study(cfg, out, data_dir=first, units=KilledAfterOneStep())
@@ -92,12 +98,12 @@ def test_a_stopped_study_resumes_after_its_data_dir_moved(paper_data, tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_killed_study_resumes_after_its_data_dir_moved(paper_data, tmp_path, tiny):
+def test_a_killed_study_resumes_after_its_data_dir_moved(paper_data, tmp_path, tiny, own_cache):
     """The same with a real `ftgen study` process and kill -9 once a checkpoint exists."""
     first = _data_dir(paper_data, tmp_path / "data")
     cfg, out = _config(tmp_path, tiny, steps_per_epoch=6), tmp_path / "out"
     args = [sys.executable, "-m", "ftgen", "study", str(cfg), "--out", str(out), "--data-dir"]
-    env = {**os.environ, "FTGEN_QUIET": "1"}
+    env = {**os.environ, "FTGEN_QUIET": "1"}  # FTGEN_CACHE: the test's own
     proc = subprocess.Popen([*args, str(first)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not list(out.glob("runs/*/checkpoints/step-2")):

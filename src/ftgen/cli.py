@@ -457,16 +457,15 @@ def status_cmd(
     except UserError as e:
         if not (check and db_path(out).exists()):
             raise
-        _print_check({"problems": [str(e)], "notes": []})  # a store that does not open is one problem
+        return _print_check({"problems": [str(e)], "notes": []})  # a store that does not open: one problem
     with store:
+        if not check:
+            return _print_status(store.status(), out)
         try:
             _print_status(store.status(), out)
-        except UserError:
-            if not check:
-                raise
-            print("check: the counts cannot be read")  # damaged: the check below names each problem
-        if check:
-            _print_check(store.check())
+        except UserError as e:  # a damaged store: the check below names each problem
+            print(f"status: {e}")
+        _print_check(store.check())
 
 
 def _print_status(s: dict, out: Path) -> None:

@@ -214,7 +214,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
     loss_after = loop.eval_loss() if cfg.eval_loss else None
     save_final(hw.accelerator, loop.wrapped, tokenizer, out / "model")
     about = {"task": task.name, "base_model": base_path, "params": n_params, "trainable_params": n_trainable}
-    summary = summarize(loop, state, data, about | {"loss_after": loss_after, "model_dir": out / "model"})
+    summary = summarize(loop, state, data, about, loss_after=loss_after, model_dir=out / "model")
     if hw.accelerator.is_main_process:
         plot_loss(state.log_rows, out / "loss.png")
         atomic_write_json(out / "train_summary.json", summary)
@@ -404,7 +404,9 @@ def optimizer_step(loop: Loop, step_plan: list[list[list[int] | None]]) -> tuple
     return loss, (float(grad_norm) if grad_norm is not None else None), window
 
 
-def run_steps(loop: Loop, state: RunState, out: Path, stop_after: int | None, say) -> dict | None:
+def run_steps(
+    loop: Loop, state: RunState, out: Path, stop_after: int | None, say: Callable[[str], None]
+) -> dict | None:
     """The optimizer steps from state.start_step: log each, checkpoint every save_every; a dict if stopped early."""
     cfg, main = loop.cfg, loop.hw.accelerator.is_main_process
     log_file = open(out / "loss.jsonl", "a") if main else None
@@ -465,8 +467,11 @@ def save_checkpoint(loop: Loop, state: RunState, ckpt_root: Path, step: int) -> 
         prune_checkpoints(ckpt_root, loop.cfg.keep_checkpoints)
 
 
-def summarize(loop: Loop, state: RunState, data: TrainData, about: dict) -> dict:
-    """train_summary.json: the config, the data, the model, the losses, the speed."""
+def summarize(
+    loop: Loop, state: RunState, data: TrainData, about: dict, *, loss_after: float | None, model_dir: Path
+) -> dict:
+    """train_summary.json: the config, the data, the model (`about`: task, base_model, params, trainable_params),
+    the losses, the speed."""
     rows, spe, total = state.log_rows, loop.steps_per_epoch, loop.total_steps
     elapsed = state.prior_elapsed + state.train_time
     tokens = state.prior_tokens + state.tokens_done
@@ -482,7 +487,7 @@ def summarize(loop: Loop, state: RunState, data: TrainData, about: dict) -> dict
         "data_report": data.load_report,
         "fticl_shots": [s["id"] for s in data.shots],
         "base_model": about["base_model"],
-        "model_dir": str(about["model_dir"].resolve()),
+        "model_dir": str(model_dir.resolve()),
         "kind": "lora" if loop.cfg.lora_r is not None else "full",
         "params": about["params"],
         "trainable_params": about["trainable_params"],
@@ -499,7 +504,7 @@ def summarize(loop: Loop, state: RunState, data: TrainData, about: dict) -> dict
         "loss_first_epoch": mean(first_epoch),
         "loss_last_epoch": mean(last_epoch),
         "loss_before": state.loss_before,
-        "loss_after": about["loss_after"],
+        "loss_after": loss_after,
         "elapsed_s": round(elapsed, 2),
         "tokens_per_s": round(tokens / elapsed, 1) if elapsed else None,
         "resumed_from_step": state.start_step or None,
