@@ -9,10 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ftgen.config import default_shots, parse_study, validate_study
+from ftgen.config import parse_study
 from ftgen.errors import UserError
-from ftgen.study import build_plan
+from ftgen.plan import build_plan
 from ftgen.tasks import load_task
+from ftgen.validate import default_shots, validate_study
 from helpers import assert_user_error, run_cli
 
 BASE = {
@@ -124,8 +125,8 @@ def test_grid_counts(paper_data):
     assert len(plan.cells) == per_model * (1 + len(plan.runs))
     assert any("snli" in n and "0-shot" in n for n in plan.notes)
     fticl = [r for r in plan.runs if r.method == "fticl"]
-    assert {(r.task, r.fticl_k) for r in fticl} == {("sentiment", 2), ("question", 1)}
-    assert all(r.train["lora_r"] is None for r in plan.runs)
+    assert {(r.train_task, r.fticl_k) for r in fticl} == {("sentiment", 2), ("question", 1)}
+    assert all(r.config.lora_r is None for r in plan.runs)
     assert len({c.key for c in plan.cells}) == len(plan.cells) and len({c.slot for c in plan.cells}) == len(plan.cells)
 
 
@@ -194,9 +195,6 @@ def test_keys_change_with_what_determines_the_result(paper_data, tmp_path):
     assert [c.key for c in m.cells] == [c.key for c in plan.cells]
     sst2 = moved / "sentiment" / "sst2_test_500.json"
     sst2.write_text(sst2.read_text().replace("a", "A", 1))
-    from ftgen import study
-
-    study._file_hashes.clear()
     edited = plan_of(BASE, moved)
     changed = {c.slot for c in edited.cells} - {c.slot for c in edited.cells if c.key in {x.key for x in plan.cells}}
     assert changed and all("sentiment/sst2" in s for s in changed)

@@ -177,3 +177,119 @@ def test_reader_of_a_missing_study_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no study results here"):
         Store.open_reader(tmp_path / "nothing")
     assert not (tmp_path / "nothing").exists()
+
+
+# ---------------------------------------------------------------- readers of odd places and damaged stores
+
+
+def _a_study(out, n_cells: int = 3) -> None:
+    """A small finished store: one run, its cells done with predictions."""
+    with Store.open_writer(out) as s:
+        s.set_meta("study", "s")
+        s.add([run_row("r1")], [cell_row(f"c{i}", run_key="r1") for i in range(n_cells)])
+        s.finish_run("r1", model_dir="runs/r1/model", manifest={}, summary={"records": 8}, seconds=1)
+        for i in range(n_cells):
+            preds = [{"id": j, "prediction": "positive"} for j in range(2)]
+            metrics = {"metric": "accuracy", "score": 50.0, "n": 2}
+            s.finish_cell(f"c{i}", metrics=metrics, predictions=preds, seconds=1)
+    (out / "runs" / "r1" / "model").mkdir(parents=True)
+
+
+@pytest.mark.parametrize("name", ["a#b", "q?mode=rw", "50%off", "x%2541y", "sp ace", "ünï"])
+def test_a_store_in_a_directory_with_uri_characters_reads_back(tmp_path, name):
+    out = tmp_path / name
+    _a_study(out)
+    wal = {out / "results.sqlite-wal", out / "results.sqlite-shm"}  # SQLite's own, beside a WAL database
+    before = set(tmp_path.rglob("*")) | wal
+    with Store.open_reader(out) as r:
+        assert r.counts()["cells"]["done"] == 3 and r.status()["name"] == "s"
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            r.conn.execute("UPDATE cells SET status='failed'")
+    assert set(tmp_path.rglob("*")) <= before  # no stray file made by a mis-read URI
+
+
+def test_liveness_comes_from_the_lock_not_the_pid(tmp_path):
+    from ftgen.store import lock_holder
+
+    _a_study(tmp_path)
+    # a dead study whose pid was reused by a live process (ours): not running
+    (tmp_path / ".lock").write_text(f"pid {os.getpid()} on {__import__('socket').gethostname()}")
+    assert lock_holder(tmp_path) is None
+    with Store.open_reader(tmp_path) as r:
+        assert r.status()["writer"] is None
+    # a live writer: running, whatever its lock file says
+    code = f"import time; from ftgen.store import Store; s = Store.open_writer({str(tmp_path)!r}); print('locked')"
+    code += "; import sys; sys.stdout.flush(); time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert lock_holder(tmp_path) == f"pid {holder.pid} on {__import__('socket').gethostname()}"
+        for _ in range(20):  # readers probing the lock never make a starting writer fail
+            assert lock_holder(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock_holder(tmp_path) is None  # killed: the kernel released the lock
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "symlink"])
+def test_a_lock_that_is_not_a_file_is_one_line(tmp_path, kind, capsys):
+    from helpers import assert_user_error, run_cli_inprocess
+
+    _a_study(tmp_path)
+    lock = tmp_path / ".lock"
+    lock.unlink()
+    if kind == "directory":
+        lock.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match=r"\.lock: .*not ftgen's study lock file"):
+        Store.open_writer(tmp_path)
+    assert_user_error(run_cli_inprocess(capsys, "status", str(tmp_path)), ".lock")
+
+
+def _damage(out, how: str) -> None:
+    path = db_path(out)
+    if how == "garbage":  # overwrite pages in the middle of the file
+        size = path.stat().st_size
+        with open(path, "r+b") as f:
+            f.seek(size // 2 - 4096)
+            f.write(os.urandom(8192))
+        return
+    conn = sqlite3.connect(path)
+    if how == "broken predictions":
+        conn.execute("UPDATE predictions SET rows='[{\"id\": 1,' WHERE cell_key='c1'")
+    elif how == "null score":
+        conn.execute("UPDATE cells SET score=NULL WHERE key='c2'")
+    elif how == "broken run config":
+        conn.execute("UPDATE runs SET config='{not json' WHERE key='r1'")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("how", ["garbage", "broken predictions", "null score", "broken run config"])
+def test_a_damaged_store_never_gives_a_traceback(tmp_path, how):
+    from helpers import run_cli
+
+    out = tmp_path / "study"
+    _a_study(out, n_cells=300)  # several pages, so that garbage lands inside the tables
+    _damage(out, how)
+    status = run_cli("status", str(out))
+    assert "Traceback" not in status.stderr and status.returncode in (0, 2), status.stderr
+    if status.returncode == 2:
+        assert len(status.stderr.strip().splitlines()) == 1
+    check = run_cli("status", str(out), "--check")
+    assert check.returncode == 1 and "Traceback" not in check.stderr + check.stdout, (check.stdout, check.stderr)
+    problems = [line for line in check.stdout.splitlines() if line.startswith("check: PROBLEM:")]
+    assert problems, check.stdout
+    expected = {"broken predictions": "c1", "null score": "c2", "broken run config": "r1"}.get(how, "")
+    assert any(expected in p for p in problems), problems
+    report = run_cli("report", str(out), "--to", str(tmp_path / "report"))
+    if how == "broken predictions":  # the report does not read predictions: it goes on
+        assert report.returncode == 0, report.stderr
+    else:
+        assert report.returncode == 2 and "Traceback" not in report.stderr
+        assert len(report.stderr.strip().splitlines()) == 1 and "results store" in report.stderr
+        assert not (tmp_path / "report").exists()

@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftgen.config import parse_study, validate_study
+from ftgen.config import parse_study
+from ftgen.driver import Driver
 from ftgen.errors import UserError
 from ftgen.executors import LocalExecutor
-from ftgen.store import Store
-from ftgen.study import build_plan, check_changes, drive, manifest
+from ftgen.plan import build_plan, check_changes
+from ftgen.store import Store, manifest
+from ftgen.validate import validate_study
 from helpers import assert_user_error, run_cli
 
 # The tiny study of the end-to-end tests: 1 train task, full FT and FTICL with LoRA (both kinds of saved model),
@@ -41,7 +43,7 @@ TINY = {
         "batch_size": 8,
         "dtype": "fp32",
     },
-    "threads": 1,  # on a busy 2-core CI machine, 2 torch threads wait on each other (see study._threads)
+    "threads": 1,  # on a busy 2-core CI machine, 2 torch threads wait on each other (see units.set_threads)
 }
 N_RUNS, N_CELLS = 2, 3 * 5
 
@@ -54,41 +56,41 @@ def plan_for(data: dict, paper_data: Path):
 
 
 class FakeUnits:
-    """Stand-ins for execute_train / execute_eval: record the order, fail on demand, write a model file."""
+    """Stand-ins for ftgen.units.Units, passed to the executor: record the order, fail on demand, write a model."""
 
-    def __init__(self, fail: set[str] = frozenset()):
+    def __init__(self, fail: set[str] = frozenset(), fail_all: bool = False):
         self.calls: list[str] = []
         self.fail = set(fail)
+        self.fail_all = fail_all
 
-    def train(self, job: dict) -> dict:
-        self.calls.append(f"train {job['key']}")
-        model = Path(job["out_dir"]) / "model"
+    def train(self, job) -> dict:
+        self.calls.append(f"train {job.key}")
+        if self.fail_all:
+            raise RuntimeError("no room")
+        model = Path(job.out_dir) / "model"
         model.mkdir(parents=True, exist_ok=True)
-        (model / "weights.bin").write_bytes(job["key"].encode())
+        (model / "weights.bin").write_bytes(job.key.encode())
         summary = {"loss_first_epoch": 1.0, "loss_last_epoch": 0.5}
         return {"summary": summary, "manifest": manifest(model), "seconds": 0.1}
 
-    def eval(self, job: dict) -> dict:
-        self.calls.append(f"eval {job['key']} on {job['model_path']}")
-        if job["key"] in self.fail:
+    def eval(self, job) -> dict:
+        self.calls.append(f"eval {job.key} on {job.model_path}")
+        if job.key in self.fail or self.fail_all:
             raise RuntimeError("boom\nsecond line")
         metrics = {"metric": "accuracy", "score": float(len(self.calls)), "n": 8}
         return {"metrics": metrics, "predictions": [{"id": "0", "prediction": "positive"}], "seconds": 0.1}
 
 
 @pytest.fixture
-def fake_units(monkeypatch):
-    units = FakeUnits()
-    monkeypatch.setattr("ftgen.study.execute_train", units.train)
-    monkeypatch.setattr("ftgen.study.execute_eval", units.eval)
-    return units
+def fake_units():
+    return FakeUnits()
 
 
-def _session(plan, out: Path, **kw) -> dict:
+def _session(plan, out: Path, units: FakeUnits, **kw) -> dict:
     with Store.open_writer(out) as store:
         check_changes(store, plan, **kw)
         store.add([r.row() for r in plan.runs], [c.row() for c in plan.cells])
-        return drive(plan, store, LocalExecutor(), plan.resolved.data_dir)
+        return Driver(plan, store, LocalExecutor(units)).run()
 
 
 def test_local_order_failures_and_retry(paper_data, tmp_path, fake_units):
@@ -96,7 +98,7 @@ def test_local_order_failures_and_retry(paper_data, tmp_path, fake_units):
     assert (len(plan.runs), len(plan.cells)) == (N_RUNS, N_CELLS)
     bad = plan.cells_of(plan.runs[1].key)[2].key
     fake_units.fail = {bad}
-    counts = _session(plan, tmp_path)
+    counts = _session(plan, tmp_path, fake_units)
     assert counts == {"runs done": 2, "cells done": N_CELLS - 1, "cells failed": 1}
     # base cells first, then each run: train, then all its cells (its model loaded once)
     kinds = [c.split()[0] + (" base" if c.endswith(" on default") else "") for c in fake_units.calls]
@@ -108,7 +110,7 @@ def test_local_order_failures_and_retry(paper_data, tmp_path, fake_units):
     # rerun: only the failed cell runs again (its model is not retrained), nothing is duplicated
     fake_units.calls.clear()
     fake_units.fail = set()
-    counts = _session(plan, tmp_path)
+    counts = _session(plan, tmp_path, fake_units)
     assert counts == {"cells done": 1} and fake_units.calls == [
         f"eval {bad} on {tmp_path / 'runs' / plan.runs[1].key / 'model'}"
     ]
@@ -123,30 +125,30 @@ def test_a_lost_model_is_trained_again_before_its_cells(paper_data, tmp_path, fa
     run = plan.runs[0]
     first = plan.cells_of(run.key)[0].key
     fake_units.fail = {first}
-    _session(plan, tmp_path)
+    _session(plan, tmp_path, fake_units)
     (tmp_path / "runs" / run.key / "model" / "weights.bin").unlink()  # the model no longer matches its manifest
     fake_units.calls.clear()
     fake_units.fail = set()
-    _session(plan, tmp_path)
+    _session(plan, tmp_path, fake_units)
     assert [c.split()[0] for c in fake_units.calls] == ["train", "eval"]
 
 
 def test_changed_config_is_reported_not_mixed(paper_data, tmp_path, fake_units):
     plan = plan_for(TINY, paper_data)
-    _session(plan, tmp_path)
+    _session(plan, tmp_path, fake_units)
     changed = json.loads(json.dumps(TINY))
     changed["eval"]["limit"] = 6
     changed["train_args"]["max_length"] = 200  # not a coordinate of the grid (lr would be: a new row)
     new = plan_for(changed, paper_data)
     with pytest.raises(UserError) as e:
-        _session(new, tmp_path)
+        _session(new, tmp_path, fake_units)
     msg = str(e.value)
     assert "2 finished training runs" in msg and "train.max_length: 256 -> 200" in msg
     assert f"{N_CELLS} finished evaluation cells" in msg and "limit: 8 -> 6" in msg and "--rerun-changed" in msg
     with Store.open_reader(tmp_path) as s:  # nothing was touched
         assert s.counts()["cells"] == {"pending": 0, "running": 0, "done": N_CELLS, "failed": 0, "superseded": 0}
     fake_units.calls.clear()
-    _session(new, tmp_path, rerun_changed=True)
+    _session(new, tmp_path, fake_units, rerun_changed=True)
     assert len(fake_units.calls) == N_RUNS + N_CELLS
     with Store.open_reader(tmp_path) as s:
         c = s.counts()["cells"]
@@ -155,6 +157,49 @@ def test_changed_config_is_reported_not_mixed(paper_data, tmp_path, fake_units):
         live = s.rows("cells", "status != 'superseded'")
         assert len({r["slot"] for r in live}) == len(live) == N_CELLS
         assert all(json.loads(r["config"])["limit"] == 6 for r in live)
+
+
+def test_worker_processes_run_the_units_they_are_given(paper_data, tmp_path):
+    """The pool executor installs the units once per worker process (their model cache arrives empty)."""
+    import pickle
+
+    from ftgen.executors import PoolExecutor
+    from ftgen.units import Units
+
+    units = Units()
+    units.models._id, units.models._model = ("m", "fp32"), object()
+    assert pickle.loads(pickle.dumps(units)).models._id is None
+    plan = plan_for(TINY, paper_data)
+    with Store.open_writer(tmp_path) as store:
+        store.add([r.row() for r in plan.runs], [c.row() for c in plan.cells])
+        ex = PoolExecutor(2, FakeUnits())
+        try:
+            counts = Driver(plan, store, ex).run()
+        finally:
+            ex.shutdown()
+        assert counts == {"runs done": N_RUNS, "cells done": N_CELLS}
+        assert store.counts()["cells"]["done"] == N_CELLS
+
+
+def test_only_finished_work_updates_the_calibration(paper_data, tmp_path, monkeypatch):
+    """A study whose units all fail leaves the machine's calibration file as it was; finished work writes it."""
+    from ftgen.costs import calibration_path, load_calibration
+    from ftgen.study import run_study
+
+    monkeypatch.setenv("FTGEN_CACHE", str(tmp_path / "cache"))
+    cfg, out = _write_config(tmp_path, TINY), tmp_path / "out"
+    s = run_study(cfg, out, data_dir=paper_data, units=FakeUnits(fail_all=True))
+    assert (s["runs"]["failed"], s["cells"]["failed"]) == (N_RUNS, N_CELLS)
+    assert not calibration_path().exists()
+    calibration_path().parent.mkdir(parents=True)
+    calibration_path().write_text('{"theirs": 1}')
+    run_study(cfg, out, data_dir=paper_data, units=FakeUnits(fail_all=True))
+    assert calibration_path().read_text() == '{"theirs": 1}'
+    s = run_study(cfg, out, data_dir=paper_data, units=FakeUnits())
+    assert s["cells"]["done"] == N_CELLS and load_calibration()["study"] == "tiny"
+    before = calibration_path().read_text()
+    assert run_study(cfg, out, data_dir=paper_data, units=FakeUnits())["did"] == {}  # nothing new finished
+    assert calibration_path().read_text() == before
 
 
 # ---------------------------------------------------------------- slow: real studies through the CLI
@@ -307,7 +352,9 @@ def test_twenty_kills_in_a_row_with_readers_each_resume_passes_the_check(paper_d
         if PHASES.get(phase):  # wait for the phase (it may never come: the study finished that part)
             while proc.poll() is None and not _store_count(out, PHASES[phase]) and time.monotonic() - t0 < 300:
                 time.sleep(0.1)
-        moment = rng.uniform(0.3, 4.0 if target == "report" or finished else 8.0)
+        # a no-op rerun of a finished study imports no torch: it is over in well under a second
+        low, high = (0.05, 1.0) if finished and target == "study" else (0.3, 4.0 if finished else 8.0)
+        moment = rng.uniform(low, high)
         t1 = time.monotonic()
         if target == "study" and attempt % 3 == 0:  # readers of the live store: never fail, never block it
             for args in (["status", str(out)], ["report", str(out), "--to", str(tmp_path / f"live{attempt}")]):

@@ -22,18 +22,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ftgen.batching import IGNORE, collate, epoch_plan, split_micro
+from ftgen.config import TrainConfig
 from ftgen.errors import UserError
-from ftgen.train import (
-    IGNORE,
-    TrainConfig,
-    collate,
-    epoch_plan,
-    load_records,
-    response_loss,
-    split_micro,
-    tokenize,
-    train,
-)
+from ftgen.loss import response_loss
+from ftgen.train import load_records, tokenize, train
 
 
 def make_tiny_model(path: Path) -> Path:
@@ -226,8 +219,8 @@ def test_accumulation_gives_the_full_batch_gradient(tiny_model, paper_data, tmp_
 
 def test_response_loss_equals_the_models_own_loss_or_training_refuses(tiny_model, paper_data):
     """The head-on-response shortcut is checked against the model's forward(labels=...) before training."""
+    from ftgen.loss import check_response_loss
     from ftgen.models import load_model
-    from ftgen.train import check_response_loss
 
     cfg, task, ds, shots, tok = _loaded(tiny_cfg(tiny_model, paper_data, task="question", train_size=4))
     examples = tokenize(cfg, task, ds, shots, tok).examples
@@ -348,6 +341,9 @@ def test_resume_after_a_stop_ends_with_the_same_weights(tiny_model, paper_data, 
     s = train(cfg, out, resume=True)  # replays steps 4-5 from the step-3 checkpoint
     assert s["resumed_from_step"] == 3 and s["steps"] == 12
     assert_same_weights(tmp_path / "straight" / "model", out / "model")
+    if lora:  # saved in one order whatever the process's hash seed (PEFT keeps the targets in a set)
+        adapter = json.loads((out / "model" / "adapter_config.json").read_text())
+        assert adapter["target_modules"] == ["down_proj", "q_proj", "v_proj"]
     strip = [{k: v for k, v in r.items() if k != "elapsed_s"} for r in loss_rows(out)]
     assert strip == [{k: v for k, v in r.items() if k != "elapsed_s"} for r in loss_rows(tmp_path / "straight")]
     # resuming a finished run is a no-op that returns its summary; a fresh run refuses to overwrite it
@@ -410,9 +406,9 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
         (["--fticl-shots", "9"], "pool 'amazon' has only 8"),
         (["--lora-r", "4", "--lora-targets", "q_proj,nope_proj"], "unknown LoRA target module(s) nope_proj"),
         (["--lora-r", "4", "--qlora"], "CUDA"),
-        (["--micro-batch-size", "0"], "micro_batch_size': Input should be greater than 0"),
+        (["--micro-batch-size", "0"], "--micro-batch-size': Input should be greater than or equal to 1"),
         (["--train-set", "nope"], "unknown train set 'nope'"),
-        (["--dtype", "fp8"], "unknown dtype"),
+        (["--dtype", "fp8"], "--dtype': Input should be 'auto', 'bf16', 'fp16' or 'fp32'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(monkeypatch, capsys, tiny_model, paper_data, tmp_path, extra, needle):

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ftgen import progress
+from ftgen.cli_train import train_command
 from ftgen.errors import UserError, one_line
 
 app = typer.Typer(
@@ -24,7 +25,7 @@ app.add_typer(data_app, name="data")
 bench_app = typer.Typer(help="Benchmarks (their code is in benchmarks/ of the source checkout).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-out = Console(width=None if sys.stdout.isatty() else 150)
+console = Console(width=None if sys.stdout.isatty() else 150)
 TaskDirOpt = Annotated[list[Path] | None, typer.Option("--task-dir", help="Directory of user task YAML files.")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data directory in the paper layout.")]
 
@@ -41,7 +42,7 @@ def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
         table.add_column(c)
     for r in rows:
         table.add_row(*(str(r.get(c, "")) for c in columns))
-    out.print(table)
+    console.print(table)
 
 
 @app.command("tasks")
@@ -325,101 +326,15 @@ def analyze_drift_cmd(
     print(f"wrote {out / 'drift.json'} and {out / 'drift.png'} (.svg)")
 
 
-def _t(help: str, *flags: str):
-    """A `train` option whose unset value (None) means: the TrainConfig default (or the --config file)."""
-    return typer.Option(*flags, help=help, show_default=False)
-
-
 def _flag(flag: str, help: str):
-    """A `train` on/off flag: just the flag, no --no-X twin."""
+    """An on/off flag: just the flag, no --no-X twin."""
     return typer.Option(flag, help=help)
 
 
-@app.command("train")
-def train_cmd(
-    out: Annotated[Path, typer.Option(help="Output dir: model/, train_summary.json, loss.jsonl/png, checkpoints/.")],
-    task: Annotated[str | None, _t("Task to fine-tune on (name or task YAML).")] = None,
-    config: Annotated[Path | None, _t("YAML file of training fields; command-line options override it.")] = None,
-    model: Annotated[str | None, _t("Model: 'default', an HF id or a local dir. (default: default)")] = None,
-    train_set: Annotated[str | None, _t("Train set name or file. (default: the task's in-domain set)")] = None,
-    train_size: Annotated[int | None, _t("Train on the first N records. (default: all)")] = None,
-    sample_seed: Annotated[int | None, _t("Sample the N records with this seed instead of taking the first N.")] = None,
-    allow_smaller: Annotated[bool, _flag("--allow-smaller", "Use all records when the set has fewer than N.")] = False,
-    skip_invalid: Annotated[bool, _flag("--skip-invalid", "Drop and count invalid records, do not fail.")] = False,
-    data_dir: DataDirOpt = None,
-    task_dir: TaskDirOpt = None,
-    epochs: Annotated[float | None, _t("Passes over the train set. (default: 2)")] = None,
-    max_steps: Annotated[int | None, _t("Stop after N optimizer steps (the schedule too).")] = None,
-    lr: Annotated[float | None, _t("Peak learning rate. (default: 2e-5)")] = None,
-    lr_schedule: Annotated[str | None, _t("linear, cosine or constant. (default: linear)")] = None,
-    warmup_ratio: Annotated[float | None, _t("Fraction of steps spent warming up. (default: 0)")] = None,
-    weight_decay: Annotated[float | None, _t("AdamW weight decay. (default: 0)")] = None,
-    batch_size: Annotated[int | None, _t("Effective batch (examples per optimizer step). (default: 16)")] = None,
-    micro_batch_size: Annotated[int | None, _t("Most examples per forward pass and process. (default: 16)")] = None,
-    micro_batch_tokens: Annotated[int | None, _t("Most padded tokens per forward pass. (default: 4096)")] = None,
-    max_length: Annotated[int | None, _t("Longest training sequence in tokens. (default: 1024)")] = None,
-    prompt_format: Annotated[int | None, _t("Prompt format (template index). (default: 0)")] = None,
-    no_group_by_length: Annotated[bool, _flag("--no-group-by-length", "Random order, no length groups.")] = False,
-    fticl_shots: Annotated[int | None, _t("FTICL: k in-context examples in each training prompt. (default: 0)")] = None,
-    fticl_pool: Annotated[str | None, _t("Few-shot pool for FTICL. (default: the train set's)")] = None,
-    lora_r: Annotated[int | None, _t("LoRA rank (unset: full fine-tuning).")] = None,
-    lora_alpha: Annotated[float | None, _t("LoRA alpha. (default: 2 x rank)")] = None,
-    lora_dropout: Annotated[float | None, _t("LoRA dropout. (default: 0.05)")] = None,
-    lora_targets: Annotated[str | None, _t("Comma list of module names to adapt. (default: all-linear)")] = None,
-    qlora: Annotated[bool, _flag("--qlora", "4-bit base weights under the LoRA adapter (CUDA only).")] = False,
-    gradient_checkpointing: Annotated[bool, _flag("--gradient-checkpointing", "Less memory, more time.")] = False,
-    seed: Annotated[int | None, _t("Seed of data order and initialisation. (default: 0)")] = None,
-    dtype: Annotated[str | None, _t("Compute dtype: auto, bf16, fp16, fp32. (default: auto)")] = None,
-    save_every: Annotated[int | None, _t("Checkpoint every N optimizer steps.")] = None,
-    keep_checkpoints: Annotated[int | None, _t("Checkpoints kept while training. (default: 1)")] = None,
-    no_clean_checkpoints: Annotated[bool, _flag("--no-clean-checkpoints", "Keep checkpoints/ at the end.")] = False,
-    eval_loss: Annotated[bool, _flag("--eval-loss", "Measure the train-set loss before and after training.")] = False,
-    resume: Annotated[bool, _flag("--resume", "Continue from the latest checkpoint in --out.")] = False,
-):
-    """Fine-tune a model on one task's training set (full or LoRA, optionally with in-context examples)."""
-    import os
+app.command("train")(train_command())
 
-    from ftgen.files import read_yaml
-    from ftgen.train import parse_config, train
 
-    values: dict = {}
-    if config is not None:
-        values = read_yaml(config)
-        if not isinstance(values, dict):
-            raise UserError(f"{config}: expected a mapping of training fields")
-    options = dict(locals())
-    valued = ["task", "model", "train_set", "train_size", "sample_seed", "epochs", "max_steps", "lr", "lr_schedule"]
-    valued += ["warmup_ratio", "weight_decay", "batch_size", "micro_batch_size", "micro_batch_tokens"]
-    valued += ["max_length", "prompt_format"]
-    valued += ["fticl_shots", "fticl_pool", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "seed", "dtype"]
-    valued += ["save_every", "keep_checkpoints"]
-    values |= {name: options[name] for name in valued if options[name] is not None}
-    for name in ["allow_smaller", "skip_invalid", "qlora", "gradient_checkpointing", "eval_loss"]:
-        if options[name]:
-            values[name] = True
-    if no_group_by_length:
-        values["group_by_length"] = False
-    if no_clean_checkpoints:
-        values["clean_checkpoints"] = False
-    if data_dir is not None:
-        values["data_dir"] = str(data_dir)
-    if task_dir:
-        values["task_dirs"] = [str(d) for d in task_dir]
-    if "task" not in values:
-        raise UserError("give --task (or a --config file naming the task)")
-    cfg = parse_config(values, str(config) if config else "train options")
-    s = train(cfg, out, resume=resume)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun / accelerate launch, process 0 reports
-        return
-    epochs = f" (epoch means {s['loss_first_epoch']:.4f} -> {s['loss_last_epoch']:.4f})" if s["epochs"] > 1 else ""
-    print(
-        f"trained {s['kind']} {s['task']}/{s['train_set']} ({s['records']} records, {s['steps']} steps, "
-        f"{s['compute_dtype']}): loss {s['loss_first']:.4f} -> {s['loss_last']:.4f} per step{epochs}, "
-        f"{s['tokens_per_s']:.0f} tokens/s, {s['elapsed_s']:.1f}s training"
-    )
-    if s["loss_before"] is not None:
-        print(f"train-set loss per response token: {s['loss_before']:.4f} before, {s['loss_after']:.4f} after")
-    print(f"model: {s['model_dir']}")
+# ---------------------------------------------------------------- studies
 
 
 @app.command("study")
@@ -430,30 +345,30 @@ def study_cmd(
     ] = None,
     data_dir: DataDirOpt = None,
     dry_run: Annotated[bool, _flag("--dry-run", "Print the grid and a time estimate; run nothing.")] = False,
-    limit: Annotated[int | None, typer.Option(help="Records per test set (overrides eval.limit).")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Records per test set (overrides eval.limit).")] = None,
     executor: Annotated[str | None, typer.Option(help="local or ray (overrides executor:).")] = None,
     rerun_changed: Annotated[
         bool, typer.Option(help="Recompute finished results whose config changed (the old ones are kept, superseded).")
     ] = False,
 ):
     """Run a whole study: every training run and evaluation cell of the grid, resumable after any kill."""
-    from ftgen.study import fmt_seconds, load_plan, print_dry_run, run_study
+    from ftgen.config import check_out_dir
+    from ftgen.plan import load_plan
+    from ftgen.study import run_study
 
     if executor not in (None, "local", "ray"):
         raise UserError(f"--executor: unknown executor '{executor}' (use local or ray)")
+    plan = load_plan(config, data_dir, limit=limit, executor=executor)
+    out = out or Path("runs") / plan.cfg.name
+    check_out_dir(out, plan.resolved.data_dir)
     if dry_run:
-        plan = load_plan(config, data_dir, limit=limit, executor=executor)
-        print_dry_run(plan, out or Path("runs") / plan.cfg.name)
+        print_dry_run(plan, out)
         return
-    if out is None:
-        from ftgen.config import load_study
-
-        out = Path("runs") / load_study(config).name
     s = run_study(config, out, data_dir=data_dir, limit=limit, executor=executor, rerun_changed=rerun_changed)
     runs, cells = s["runs"], s["cells"]
     print(
         f"study {s['name']}: {runs['done']} training runs and {cells['done']} evaluation cells done, "
-        f"{runs['failed']} + {cells['failed']} failed, in {fmt_seconds(s['seconds'])}; "
+        f"{runs['failed']} + {cells['failed']} failed, in {progress.fmt_seconds(s['seconds'])}; "
         f"results in {out / 'results.sqlite'}"
     )
     print(f"next: ftgen report {out}")
@@ -464,6 +379,70 @@ def study_cmd(
         raise typer.Exit(1)
 
 
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def print_dry_run(plan, out: Path) -> None:
+    """The grid, the counts and the time estimate (stdout)."""
+    from ftgen.costs import estimate
+    from ftgen.store import Store
+
+    done: set[str] = set()
+    if (out / "results.sqlite").exists():
+        with Store.open_reader(out) as store, store.readable():
+            done = {r["key"] for t in ("runs", "cells") for r in store.rows(t, "status='done'")}
+    cfg = plan.cfg
+    console.print(
+        f"study [bold]{cfg.name}[/]: models {', '.join(cfg.models)}; data {plan.resolved.data_dir}; "
+        f"executor {cfg.executor}"
+    )
+    if plan.runs:
+        columns = ["key", "model", "task/set", "size", "method", "k", "lr", "epochs", "seed", "state"]
+        rows = [
+            [r.key, r.model, f"{r.train_task}/{r.train_set}", r.size, r.method, r.fticl_k or "-"]
+            + [_num(r.lr), _num(r.epochs), r.seed, "done" if r.key in done else "to do"]
+            for r in plan.runs
+        ]
+        print_table("Training runs", [dict(zip(columns, row, strict=True)) for row in rows], columns)
+    rows = []
+    for tname, sets in plan.resolved.test_sets.items():
+        for s in sets:
+            cells = [c for c in plan.cells if c.test_task == tname and c.test_set == s]
+            rows.append(
+                {
+                    "test set": f"{tname}/{s}",
+                    "shots": ", ".join(map(str, sorted({c.shots for c in cells}))),
+                    "formats": ", ".join(map(str, sorted({c.fmt for c in cells}))),
+                    "models": len({c.run.key if c.run else c.model for c in cells}),
+                    "cells": len(cells),
+                }
+            )
+    print_table("Evaluation cells", rows, ["test set", "shots", "formats", "models", "cells"])
+    for note in plan.notes:
+        console.print(f"note: {note}")
+    _print_estimate(plan, done, out, estimate(plan, done))
+
+
+def _print_estimate(plan, done: set[str], out: Path, est: dict) -> None:
+    n_done = len([r for r in plan.runs if r.key in done]), len([c for c in plan.cells if c.key in done])
+    print(f"{len(plan.runs)} training runs, {len(plan.cells)} evaluation cells")
+    if any(n_done):
+        print(f"already done in {out}: {n_done[0]} training runs, {n_done[1]} evaluation cells")
+    how = (
+        f"calibrated by the study '{est['calibration'].get('study')}' measured on this machine"
+        if est["calibrated"]
+        else "throughput constants of the default model on a shared 2-core CPU"
+    )
+    at_once = f", {est['at_once']} units at once" if est["at_once"] > 1 else ""
+    fmt = progress.fmt_seconds
+    print(
+        f"estimate: ~{fmt(est['total_s'])} on this machine's CPU (compute: training ~{fmt(est['train_s'])}, "
+        f"evaluation ~{fmt(est['eval_s'])}{at_once}); a cost model from character counts, {how}, scaled by "
+        "parameter count (GPUs not modelled)"
+    )
+
+
 @app.command("status")
 def status_cmd(
     out: Annotated[Path, typer.Argument(help="A study's output dir.")],
@@ -472,26 +451,43 @@ def status_cmd(
     ] = False,
 ):
     """Done / running / failed / pending training runs and evaluation cells of a study (safe while it runs)."""
-    from ftgen.study import check_study, fmt_seconds, study_status
+    from ftgen.store import Store, db_path
 
-    s = study_status(out)
+    try:
+        store = Store.open_reader(out)
+    except UserError as e:
+        if not (check and db_path(out).exists()):
+            raise
+        return _print_check({"problems": [str(e)], "notes": []})  # a store that does not open: one problem
+    with store:
+        if not check:
+            return _print_status(store.status(), out)
+        try:
+            _print_status(store.status(), out)
+        except UserError as e:  # a damaged store: the check below names each problem
+            print(f"status: {e}")
+        _print_check(store.check())
+
+
+def _print_status(s: dict, out: Path) -> None:
     rows = [{"": table, **{k: v for k, v in c.items() if k != "superseded" or v}} for table, c in s["counts"].items()]
     print_table(f"Study {s['name']} in {out}", rows, list(dict.fromkeys(k for r in rows for k in r)))
-    print(f"compute time of the done units: {fmt_seconds(s['compute_s'])}")
+    print(f"compute time of the done units: {progress.fmt_seconds(s['compute_s'])}")
     print(f"study process: {s['writer'] or 'none (not running)'}")
     for slot in s["running"]:
         print(f"running: {slot}" if s["writer"] else f"stale (its process died; redone on the next run): {slot}")
     for slot, error in s["failed"]:
-        print(f"failed: {slot}: {error}")
-    if check:
-        c = check_study(out)
-        for note in c["notes"]:
-            print(f"check: note: {note}")
-        for problem in c["problems"]:
-            print(f"check: PROBLEM: {problem}")
-        if c["problems"]:
-            raise typer.Exit(1)
-        print(f"check: ok (store integrity, {c['runs_checked']} saved models match their manifests)")
+        print(f"failed: {slot}: {one_line(error or '')}")
+
+
+def _print_check(c: dict) -> None:
+    for note in c["notes"]:
+        print(f"check: note: {note}")
+    for problem in c["problems"]:
+        print(f"check: PROBLEM: {problem}")
+    if c["problems"]:
+        raise typer.Exit(1)
+    print(f"check: ok (store integrity, {c['runs_checked']} saved models match their manifests)")
 
 
 @app.command("report")
@@ -501,7 +497,10 @@ def report_cmd(
 ):
     """Tables (markdown, CSV, LaTeX), heatmaps and plots of a study, and one self-contained report.html."""
     from ftgen.report import write_report
+    from ftgen.store import Store
 
+    with Store.open_reader(out) as store:
+        store.require_sound()  # a damaged store: refused in one line, not a traceback halfway through
     r = write_report(out, to)
     out_console = Console(width=None if sys.stdout.isatty() else 200)
     out_console.print(r["terminal"])

@@ -1,8 +1,11 @@
 """Where a study's units run: in this process (`local`) or as Ray tasks (`ray`).
 
-An executor takes units (`submit(kind, fn, job)` -> handle) and hands back finished ones
-(`next_done()` -> (handle, result, error)); it calls `on_start(kind, job)` when a unit starts.
-Workers only compute and return; the driver alone writes the results store.
+An executor is built with the unit bodies it runs (`units`: an object with `train(job)` and `eval(job)`,
+ftgen.units.Units in a study, stand-ins in tests). It takes units (`submit(kind, job)` -> handle, kind
+"train" or "eval") and hands back finished ones (`next_done()` -> (handle, result, error)); it calls
+`on_start(kind, job)` when a unit starts. Workers only compute and return; the driver alone writes the
+results store. In worker processes the units object is installed once per process, so its model cache
+lasts as long as the process.
 
 `local` with `workers: 1` runs units one at a time in this process, evaluation before training: each
 trained model is evaluated on all its cells right after its training (and stays loaded for them),
@@ -17,25 +20,39 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from ftgen.config import StudyConfig
 from ftgen.errors import UserError
 
 
-def _nothing(kind: str, job: dict) -> None:
+class UnitBodies(Protocol):
+    def train(self, job: Any) -> dict: ...
+
+    def eval(self, job: Any) -> dict: ...
+
+
+def run_unit(units: UnitBodies, kind: str, job: Any) -> dict:
+    return units.train(job) if kind == "train" else units.eval(job)
+
+
+def _nothing(kind: str, job: Any) -> None:
     pass
 
 
 class LocalExecutor:
-    on_start: Callable[[str, dict], None] = staticmethod(_nothing)
+    """Units one at a time in this process; evaluation first (a trained model's cells before the next run)."""
 
-    def __init__(self) -> None:
-        self._queue: list[tuple[int, str, Callable, dict]] = []
+    on_start: Callable[[str, Any], None] = staticmethod(_nothing)
+
+    def __init__(self, units: UnitBodies) -> None:
+        self.units = units
+        self._queue: list[tuple[int, str, Any]] = []
         self._ids = itertools.count()
 
-    def submit(self, kind: str, fn: Callable[[dict], dict], job: dict) -> int:
+    def submit(self, kind: str, job: Any) -> int:
         handle = next(self._ids)
-        self._queue.append((handle, kind, fn, job))
+        self._queue.append((handle, kind, job))
         return handle
 
     def pending(self) -> int:
@@ -43,10 +60,10 @@ class LocalExecutor:
 
     def next_done(self) -> tuple[int, dict | None, BaseException | None]:
         i = next((i for i, item in enumerate(self._queue) if item[1] == "eval"), 0)
-        handle, kind, fn, job = self._queue.pop(i)
+        handle, kind, job = self._queue.pop(i)
         self.on_start(kind, job)
         try:
-            return handle, fn(job), None
+            return handle, run_unit(self.units, kind, job), None
         except Exception as e:  # the study goes on; the unit is recorded as failed
             return handle, None, e
 
@@ -54,7 +71,19 @@ class LocalExecutor:
         self._queue.clear()
 
 
-def _init_worker(parent: int) -> None:
+class _Process:
+    """The unit bodies installed in this worker process (pool or Ray): one model cache per process."""
+
+    units: UnitBodies | None = None
+
+
+def _run_in_worker(kind: str, job: Any, units: UnitBodies | None = None) -> dict:
+    if _Process.units is None:
+        _Process.units = units
+    return run_unit(_Process.units, kind, job)
+
+
+def _init_worker(parent: int, units: UnitBodies) -> None:
     """In each pool process: die with the parent (Linux), no progress bars (the driver logs each unit)."""
     import ctypes
     import os
@@ -68,14 +97,15 @@ def _init_worker(parent: int) -> None:
     from ftgen import progress
 
     progress.set_quiet(True)  # the driver logs each unit; N processes' bars would interleave
+    _Process.units = units
 
 
 class PoolExecutor:
     """N local worker processes; units run in submission order as workers free up."""
 
-    on_start: Callable[[str, dict], None] = staticmethod(_nothing)
+    on_start: Callable[[str, Any], None] = staticmethod(_nothing)
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, units: UnitBodies) -> None:
         import multiprocessing
         import os
         from concurrent.futures import ProcessPoolExecutor
@@ -84,15 +114,15 @@ class PoolExecutor:
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(os.getpid(),),
+            initargs=(os.getpid(), units),
         )
         self._futures: dict = {}
         self._ids = itertools.count()
 
-    def submit(self, kind: str, fn: Callable[[dict], dict], job: dict) -> int:
+    def submit(self, kind: str, job: Any) -> int:
         handle = next(self._ids)
         self.on_start(kind, job)  # queued in the pool counts as running: the pool does not say when it starts
-        self._futures[self.pool.submit(fn, job)] = handle
+        self._futures[self.pool.submit(_run_in_worker, kind, job)] = handle
         return handle
 
     def pending(self) -> int:
@@ -117,9 +147,11 @@ class PoolExecutor:
 
 
 class RayExecutor:
-    on_start: Callable[[str, dict], None] = staticmethod(_nothing)
+    """Each unit one Ray task with its CPU / GPU needs; a Ray worker process keeps its units (and model cache)."""
 
-    def __init__(self, cfg: StudyConfig) -> None:
+    on_start: Callable[[str, Any], None] = staticmethod(_nothing)
+
+    def __init__(self, cfg: StudyConfig, units: UnitBodies) -> None:
         try:
             import ray
         except ImportError:
@@ -135,19 +167,20 @@ class RayExecutor:
                 log_to_driver=False,
                 configure_logging=False,
             )
+        self._units = ray.put(units)
         self._refs: dict = {}
         self._ids = itertools.count()
 
-    def submit(self, kind: str, fn: Callable[[dict], dict], job: dict) -> int:
+    def submit(self, kind: str, job: Any) -> int:
         cpus, gpus = (
             (self.opts.train_cpus, self.opts.train_gpus)
             if kind == "train"
             else (self.opts.eval_cpus, self.opts.eval_gpus)
         )
-        remote = self.ray.remote(fn).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+        remote = self.ray.remote(_run_in_worker).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
         handle = next(self._ids)
         self.on_start(kind, job)  # Ray does not say when a task starts: `running` = handed to the cluster
-        self._refs[remote.remote(job)] = handle
+        self._refs[remote.remote(kind, job, self._units)] = handle
         return handle
 
     def pending(self) -> int:
@@ -170,7 +203,8 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def make_executor(cfg: StudyConfig):
+def make_executor(cfg: StudyConfig, units: UnitBodies):
+    """The executor the study config names, running `units`."""
     if cfg.executor == "ray":
-        return RayExecutor(cfg)
-    return PoolExecutor(cfg.workers) if cfg.workers > 1 else LocalExecutor()
+        return RayExecutor(cfg, units)
+    return PoolExecutor(cfg.workers, units) if cfg.workers > 1 else LocalExecutor(units)

@@ -1,4 +1,5 @@
-"""Progress bars and status lines, silenced by `--quiet` (or FTGEN_QUIET=1) for CI."""
+"""Progress bars, status lines and durations as people read them; bars and lines silenced by `--quiet` (or
+FTGEN_QUIET=1) for CI."""
 
 from __future__ import annotations
 
@@ -38,3 +39,13 @@ def bar(total: int | None = None, desc: str = "", unit: str = "it", **kwargs) ->
     return tqdm(
         total=total, desc=desc, unit=unit, disable=_quiet, file=sys.stderr, dynamic_ncols=True, leave=False, **kwargs
     )
+
+
+def fmt_seconds(seconds: float) -> str:
+    """12s, 3m05s, 2h10m, 3.5 days."""
+    s = int(round(seconds))
+    if s >= 2 * 86400:
+        return f"{s / 86400:.1f} days"
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftgen.files import atomic_write_bytes, atomic_write_text, ensure_writable_dir
-from ftgen.store import Store
+from ftgen.store import RUN_COORDS, Store
 
 GROUPS = ("ID", "OOD", "cross")
 GROUP_NAMES = {"ID": "in-domain", "OOD": "out-of-domain", "cross": "cross-task"}
@@ -259,22 +259,12 @@ def table_latex(d: StudyData, t: Table) -> str:
     return "\n".join(out)
 
 
-COORDS = ["model", "train_task", "train_set", "size", "method", "lr", "epochs", "seed"]
+COORDS = list(RUN_COORDS)
 
 
 def row_of(r: dict) -> Row:
     """The Row of a `cells` or `runs` record (a base-model cell has run_key None)."""
-    return Row(
-        r["model"],
-        r["run_key"] if "run_key" in r else r["key"],
-        r["train_task"],
-        r["train_set"],
-        r["size"],
-        r["method"],
-        r["lr"],
-        r["epochs"],
-        r["seed"],
-    )
+    return Row(run_key=r["run_key"] if "run_key" in r else r["key"], **{c: r[c] for c in RUN_COORDS})
 
 
 def _coords(r: Row, fields: list[str] = COORDS) -> list:

@@ -20,31 +20,62 @@ Crash safety, by construction:
 `synchronous=FULL`: with WAL, NORMAL already survives a killed process, but may lose the last
 commits on power loss; FULL costs one fsync per commit, and a study commits a few hundred times.
 
-Readers (`ftgen status`, `ftgen report`) open the database read-only and never take the lock.
+Readers (`ftgen status`, `ftgen report`) open the database read-only and never take the lock. Whether a study
+is writing is decided by the lock itself (`lock_holder`: a non-blocking shared flock), never by the pid written
+in it (a dead study's pid may belong to another process by now). A damaged store (garbage in the file, a row
+that is not JSON, a done cell without its score) never gives a traceback: `check` lists each problem in one
+line, and readers that cannot go on refuse in one line.
+
+The directory also holds the trained models (`runs/<key>/model`, each recorded with its `manifest`: the
+sha256 of its files) and, after a kill, hidden temp files of interrupted writes (`leftovers`).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import shutil
 import socket
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ftgen.errors import UserError
+from ftgen.errors import UserError, one_line
+from ftgen.files import WRITE_ERRNOS, write_error_line
 
 DB_NAME = "results.sqlite"
 LOCK_NAME = ".lock"
 SCHEMA_VERSION = 1
 STATUSES = ("pending", "running", "done", "failed", "superseded")
 
-_COORDS = """
-    model TEXT NOT NULL, train_task TEXT, train_set TEXT, size INTEGER, method TEXT,
-    lr REAL, epochs INTEGER, seed INTEGER"""
+# A row's coordinates in the grid, spelled once (with their SQL types): the schema, the plan's rows (ftgen.plan)
+# and the report's rows (ftgen.report) use these names. A base-model cell has method 'base' and no train_* /
+# hyper-parameter coordinates.
+_RUN_COORD_TYPES = {
+    "model": "TEXT NOT NULL",
+    "train_task": "TEXT",
+    "train_set": "TEXT",
+    "size": "INTEGER",
+    "method": "TEXT",
+    "lr": "REAL",
+    "epochs": "INTEGER",
+    "seed": "INTEGER",
+}
+_CELL_COORD_TYPES = {
+    "test_task": "TEXT NOT NULL",
+    "test_set": "TEXT NOT NULL",
+    "shots": "INTEGER NOT NULL",
+    "fmt": "INTEGER NOT NULL",
+}
+RUN_COORDS = tuple(_RUN_COORD_TYPES)
+CELL_COORDS = tuple(_CELL_COORD_TYPES)  # a cell's own, after the RUN_COORDS of its model
+_RUN_COORD_SQL = ", ".join(f"{c} {t}" for c, t in _RUN_COORD_TYPES.items())
+_CELL_COORD_SQL = ", ".join(f"{c} {t}" for c, t in _CELL_COORD_TYPES.items())
 _STATE = """
     status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending','running','done','failed','superseded')),
     config TEXT NOT NULL, error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
@@ -53,12 +84,12 @@ _STATE = """
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
-    key TEXT PRIMARY KEY, slot TEXT NOT NULL,{_COORDS},{_STATE},
+    key TEXT PRIMARY KEY, slot TEXT NOT NULL, {_RUN_COORD_SQL},{_STATE},
     model_dir TEXT, manifest TEXT, summary TEXT
 );
 CREATE TABLE IF NOT EXISTS cells (
-    key TEXT PRIMARY KEY, slot TEXT NOT NULL, run_key TEXT,{_COORDS},
-    test_task TEXT NOT NULL, test_set TEXT NOT NULL, shots INTEGER NOT NULL, fmt INTEGER NOT NULL,{_STATE},
+    key TEXT PRIMARY KEY, slot TEXT NOT NULL, run_key TEXT, {_RUN_COORD_SQL},
+    {_CELL_COORD_SQL},{_STATE},
     metric TEXT, score REAL, n INTEGER, metrics TEXT
 );
 CREATE TABLE IF NOT EXISTS predictions (
@@ -69,8 +100,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS cells_live_slot ON cells(slot) WHERE status !=
 CREATE INDEX IF NOT EXISTS cells_run ON cells(run_key);
 """
 
-RUN_COLUMNS = ("key", "slot", "model", "train_task", "train_set", "size", "method", "lr", "epochs", "seed", "config")
-CELL_COLUMNS = (*RUN_COLUMNS[:2], "run_key", *RUN_COLUMNS[2:-1], "test_task", "test_set", "shots", "fmt", "config")
+RUN_COLUMNS = ("key", "slot", *RUN_COORDS, "config")
+CELL_COLUMNS = ("key", "slot", "run_key", *RUN_COORDS, *CELL_COORDS, "config")
 
 
 def db_path(out_dir: str | Path) -> Path:
@@ -82,22 +113,75 @@ def canonical_json(obj: object) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _open_lock(path: Path, flags: int) -> int:
+    """A descriptor of OUT/.lock; anything there but a regular file is one UserError line (never opened:
+    a FIFO would block)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = stat.S_IFREG
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{path}: {_kind(mode)}, not ftgen's study lock file: remove it")
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:  # the place cannot take the study: the CLI's one line for unwritable places
+            raise
+        raise UserError(f"{path}: cannot open the study lock file: {e.strerror}") from None
+
+
+def _try_flock(fd: int, kind: int, tries: int) -> bool:
+    """A non-blocking flock, tried a few times: a reader's probe holds a shared lock for microseconds."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < tries:
+                time.sleep(0.05)
+    return False
+
+
+def _lock_text(fd: int) -> str:
+    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+
+
+def lock_holder(out_dir: str | Path) -> str | None:
+    """'pid N on HOST' of the study process writing `out_dir` now, or None: decided by the lock itself."""
+    path = Path(out_dir) / LOCK_NAME
+    if not os.path.lexists(path):
+        return None
+    fd = _open_lock(path, os.O_RDONLY)
+    try:
+        if _try_flock(fd, fcntl.LOCK_SH, tries=1):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        return _lock_text(fd)
+    finally:
+        os.close(fd)
+
+
 class StudyLock:
     """An exclusive, non-blocking flock on OUT/.lock, held for the whole study."""
 
     def __init__(self, out_dir: str | Path):
         self.path = Path(out_dir) / LOCK_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self._fd, 200, 0).decode(errors="replace").strip() or "another process"
+        self._fd = _open_lock(self.path, os.O_RDWR | os.O_CREAT)
+        if not _try_flock(self._fd, fcntl.LOCK_EX, tries=5):
+            holder = _lock_text(self._fd)
             os.close(self._fd)
             raise UserError(
                 f"{out_dir}: another ftgen study is already writing this directory ({holder}); "
                 "wait for it to finish or use another --out"
-            ) from None
+            )
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
 
@@ -108,12 +192,17 @@ class StudyLock:
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
-    if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30)
+    if readonly:  # a URI: the path percent-encoded, so '#', '?' and '%' in a directory name stay in the path
+        uri = path.absolute().as_uri() + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
     else:
         conn = sqlite3.connect(path, isolation_level=None, timeout=30)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def _damaged(path: Path, err: sqlite3.DatabaseError) -> UserError:
+    return UserError(one_line(f"{path}: the results store is damaged ({err}); ftgen status --check lists its problems"))
 
 
 class Store:
@@ -133,24 +222,33 @@ class Store:
         lock = StudyLock(out_dir)
         try:
             conn = _connect(db_path(out_dir), readonly=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
             store = cls(conn, out_dir, lock)
-            with store.transaction():
-                for stmt in SCHEMA.strip().split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
-                version = conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
-                if version is None:
-                    conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                elif int(version[0]) != SCHEMA_VERSION:
-                    raise UserError(f"{db_path(out_dir)}: results store schema {version[0]}, expected {SCHEMA_VERSION}")
+            store._create_schema()
             store.reset_stale()
             return store
+        except sqlite3.DatabaseError as e:
+            lock.release()
+            if write_error_line(e):  # a full disk or an unwritable place: the CLI says so in one line
+                raise
+            raise _damaged(db_path(out_dir), e) from None
         except BaseException:
             lock.release()
             raise
+
+    def _create_schema(self) -> None:
+        conn = self.conn
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        with self.transaction():
+            for stmt in SCHEMA.strip().split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            version = conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
+            if version is None:
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif version[0] != str(SCHEMA_VERSION):
+                raise UserError(f"{self.path}: results store schema {version[0]}, expected {SCHEMA_VERSION}")
 
     @classmethod
     def open_reader(cls, out_dir: str | Path) -> Store:
@@ -164,8 +262,20 @@ class Store:
         except sqlite3.DatabaseError as e:
             if "no such table" in str(e):  # a study is creating it right now
                 raise UserError(f"{out_dir}: no study results here yet (the store is being created)") from None
-            raise UserError(f"{path}: cannot read the results store: {e}") from None
+            raise UserError(one_line(f"{path}: cannot read the results store: {e}")) from None
         return cls(conn, Path(out_dir))
+
+    @property
+    def path(self) -> Path:
+        return db_path(self.out_dir)
+
+    @contextmanager
+    def readable(self) -> Iterator[None]:
+        """Reads of a damaged database become one UserError line, not a traceback."""
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            raise _damaged(self.path, e) from None
 
     def close(self) -> None:
         self.conn.close()
@@ -284,11 +394,92 @@ class Store:
             out[table] = {s: got.get(s, 0) for s in STATUSES}
         return out
 
-    def check(self) -> list[str]:
-        """Integrity problems of the database (empty = sound): SQLite's own check, then the store's invariants."""
+    # ------------------------------------------------------------------ status and check (`ftgen status`)
+
+    def status(self) -> dict:
+        """Counts per status, the running and failed units, the compute time of done units, the writer."""
+        with self.readable():
+            counts = self.counts()
+            running = [r["slot"] for t in ("runs", "cells") for r in self.rows(t, "status='running'")]
+            failed = [(r["slot"], r["error"]) for t in ("runs", "cells") for r in self.rows(t, "status='failed'")]
+            seconds = sum(
+                self.conn.execute(f"SELECT COALESCE(SUM(seconds), 0) FROM {t} WHERE status='done'").fetchone()[0]
+                for t in ("runs", "cells")
+            )
+            name = self.meta().get("study", "?")
+        return {
+            "writer": lock_holder(self.out_dir),
+            "name": name,
+            "counts": counts,
+            "running": running,
+            "failed": failed,
+            "compute_s": seconds,
+        }
+
+    def check(self) -> dict:
+        """`ftgen status --check`: problems (the study is not sound: the database, its rows, the saved models
+        against their manifests), notes (harmless: redone or cleaned on the next run), runs checked."""
+        problems = self.problems(full=True)
+        runs: list[dict] = []
+        running = 0
+        try:
+            runs = [r for r in self.rows("runs", "status = 'done'") if _is_json(r["manifest"], dict)]
+            running = sum(self.counts()[t]["running"] for t in ("runs", "cells"))
+        except sqlite3.DatabaseError:
+            pass  # a damaged file: problems() says so
+        problems += [p for r in runs if (p := self._model_problem(r))]
+        notes = []
+        if running and not lock_holder(self.out_dir):
+            notes.append(f"{running} units left 'running' by a study that died: redone on the next run")
+        if found := leftovers(self.out_dir):
+            notes.append(f"{len(found)} temp files of interrupted writes (hidden; removed on the next run)")
+        return {"problems": [one_line(p) for p in problems], "notes": notes, "runs_checked": len(runs)}
+
+    def require_sound(self) -> None:
+        """For readers that use every finished row (the report): one UserError line if the store is damaged."""
+        problems = self.problems(full=False)
+        if problems:
+            more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+            raise UserError(
+                one_line(f"{self.path}: the results store is damaged: {problems[0]}{more}; see ftgen status --check")
+            )
+
+    def problems(self, full: bool = True) -> list[str]:
+        """Integrity problems of the database (empty = sound): SQLite's own check, then the store's invariants.
+        `full=False`: SQLite's quick check and what a report reads (scores, metrics, configs, summaries)."""
+        checks = [self._sqlite_problems, self._result_problems]
+        if full:
+            checks += [self._invariant_problems, self._prediction_problems]
+        problems: list[str] = []
+        for check in checks:
+            try:
+                problems += check(full)
+            except sqlite3.DatabaseError as e:  # the file itself is damaged: nothing further can be read
+                return problems + [f"sqlite: {e}"]
+        return problems
+
+    def _sqlite_problems(self, full: bool) -> list[str]:
+        pragma = "integrity_check" if full else "quick_check"
+        return [f"sqlite {pragma}: {r[0]}" for r in self.conn.execute(f"PRAGMA {pragma}") if r[0] != "ok"]
+
+    def _result_problems(self, full: bool) -> list[str]:
+        """Done cells with a score and metrics, live runs with a readable config (and summary when done)."""
+        problems = []
+        sql = "SELECT key, score, metrics FROM cells WHERE status = 'done'"
+        for key, score, metrics in self.conn.execute(sql):
+            if not isinstance(score, (int, float)) or not _is_json(metrics, dict):
+                problems.append(f"cell {key}: done without its score or readable metrics")
+        sql = "SELECT key, status, config, summary, manifest FROM runs WHERE status != 'superseded'"
+        for key, status, config, summary, manifest in self.conn.execute(sql):
+            if not _is_json(config, dict):
+                problems.append(f"run {key}: its config is not readable JSON")
+            if status == "done" and not (_is_json(summary, dict) and _is_json(manifest, dict)):
+                problems.append(f"run {key}: done without a readable summary or manifest")
+        return problems
+
+    def _invariant_problems(self, full: bool) -> list[str]:
         c = self.conn
-        problems = [f"sqlite integrity_check: {r[0]}" for r in c.execute("PRAGMA integrity_check") if r[0] != "ok"]
-        problems += [
+        problems = [
             f"predictions of an unknown cell {r[0]}"
             for r in c.execute("SELECT cell_key FROM predictions WHERE cell_key NOT IN (SELECT key FROM cells)")
         ]
@@ -297,24 +488,77 @@ class Store:
                 f"SELECT slot, COUNT(*) FROM {table} WHERE status != 'superseded' GROUP BY slot HAVING COUNT(*) > 1"
             ):
                 problems.append(f"{table}: {n} live rows for one slot: {slot}")
-        for key, score, n, metrics, preds in c.execute(
-            "SELECT c.key, c.score, c.n, c.metrics, p.rows FROM cells c LEFT JOIN predictions p ON p.cell_key = c.key "
-            "WHERE c.status = 'done'"
-        ):
-            if preds is None or score is None or metrics is None:
-                problems.append(f"cell {key}: done without its score, metrics or predictions")
-            elif len(json.loads(preds)) != n:
-                problems.append(f"cell {key}: {len(json.loads(preds))} predictions for n={n}")
         problems += [
             f"cell {r[0]}: its training run {r[1]} is not in the store"
             for r in c.execute(
                 "SELECT key, run_key FROM cells WHERE run_key IS NOT NULL AND run_key NOT IN (SELECT key FROM runs)"
             )
         ]
-        for key, summary, manifest in c.execute("SELECT key, summary, manifest FROM runs WHERE status = 'done'"):
-            if summary is None or manifest is None:
-                problems.append(f"run {key}: done without its summary or manifest")
         return problems
+
+    def _prediction_problems(self, full: bool) -> list[str]:
+        problems = []
+        sql = "SELECT c.key, c.n, p.rows FROM cells c LEFT JOIN predictions p ON p.cell_key = c.key"
+        sql += " WHERE c.status = 'done'"
+        for key, n, rows in self.conn.execute(sql):
+            if rows is None:
+                problems.append(f"cell {key}: done without its predictions")
+            elif not _is_json(rows, list):
+                problems.append(f"cell {key}: its predictions are not readable JSON")
+            elif len(json.loads(rows)) != n:
+                problems.append(f"cell {key}: {len(json.loads(rows))} predictions for n={n}")
+        return problems
+
+    def _model_problem(self, run: dict) -> str | None:
+        """A done run's saved model: present, and its files as recorded when it finished."""
+        model_dir = self.out_dir / "runs" / run["key"] / "model"  # not run["model_dir"]: the study may have moved
+        if not model_dir.is_dir():
+            return f"run {run['slot']}: done, but its model {model_dir} is missing"
+        if manifest(model_dir) != json.loads(run["manifest"]):
+            return f"run {run['slot']}: the files of {model_dir} differ from those recorded when it finished"
+        return None
 
     def meta(self) -> dict[str, str]:
         return {r["name"]: r["value"] for r in self.rows("meta")}
+
+
+def _is_json(text: object, kind: type) -> bool:
+    try:
+        return isinstance(text, str) and isinstance(json.loads(text), kind)
+    except ValueError:
+        return False
+
+
+def manifest(model_dir: str | Path) -> dict[str, str]:
+    """sha256 of every file of a saved model: recorded with its run, checked before its cells load it."""
+    root = Path(model_dir)
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    h.update(chunk)
+            out[str(p.relative_to(root))] = h.hexdigest()
+    return out
+
+
+# Names of the temp files and dirs an interrupted write leaves (files.atomic_write_*, checkpoint.atomic_dir,
+# the trash of a run trained again): hidden, never read, removed when the study starts again.
+LEFTOVER_PATTERNS = (".*.tmp", ".*.tmp.*", ".*.old", ".trash-*")
+
+
+def leftovers(out: str | Path) -> list[Path]:
+    found = {p for pattern in LEFTOVER_PATTERNS for p in Path(out).rglob(pattern)}
+    return sorted(p for p in found if not any(q in found for q in p.parents))
+
+
+def remove_leftovers(out: str | Path) -> int:
+    """Delete what killed writes left behind (call under the study lock: no one else writes)."""
+    paths = leftovers(out)
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return len(paths)

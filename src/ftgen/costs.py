@@ -1,0 +1,165 @@
+"""How long a study will take on this machine's CPU: a cost model from character counts, calibrated by the
+studies measured here before (`ftgen study --dry-run` prints it).
+
+Throughput of the default model (SmolLM2-135M, fp32, 1 thread per unit) measured by configs/quick.yaml on the
+2-core development CPU while other work shared it (load ~4); other models are scaled by parameter count;
+GPUs are not modelled. After a study, the ratio of measured to estimated seconds per kind of unit, over the
+units it finished, is saved (`calibration_path()`) and used from then on; a study that finished nothing
+leaves the file as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from ftgen.data import read_raw_records
+from ftgen.files import atomic_write_text
+from ftgen.plan import CellSpec, Plan, RunSpec, train_file
+from ftgen.store import Store
+from ftgen.tasks import TaskDef
+
+REF_PARAMS = 135e6
+CPU_TRAIN_TOKENS_S = 60.0  # training tokens (forward + backward + optimizer step) per second
+CPU_PREFILL_TOKENS_S = 110.0  # prompt tokens per second in evaluation (a shared prefix counted once)
+CPU_DECODE_STEPS_S = 1.1  # greedy decoding steps per second for a batch
+CPU_MODEL_LOAD_S = 4.0
+CHARS_PER_TOKEN = 3.6  # English text, BPE tokenizers of 32k-50k entries
+KINDS = ("train", "classify", "generate")
+
+
+def param_count(model: str) -> float:
+    """Parameters of a model, guessed from its name (`Llama-2-7b` -> 7e9); the default model's otherwise."""
+    if model in ("default", "SmolLM2-135M-Instruct"):
+        return REF_PARAMS
+    m = re.search(r"(\d+(?:\.\d+)?)\s*([bBmM])\b", model.replace("-", " ").replace("_", " "))
+    if m:
+        return float(m[1]) * (1e9 if m[2] in "bB" else 1e6)
+    return REF_PARAMS
+
+
+class CostModel:
+    """Seconds of each unit of a plan before calibration (mean characters per file read once)."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self._chars: dict[tuple, tuple[float, float, int]] = {}
+
+    def avg_chars(self, path: Path, task: TaskDef, fmt: int, n: int | None) -> tuple[float, float, int]:
+        """Mean characters of the filled prompt and of the gold answer over the first n records, and their count."""
+        key = (str(path), task.name, fmt, n)
+        if key not in self._chars:
+            rows = [r for r in read_raw_records(path)[:n] if isinstance(r, dict)]
+            prompt = answer = 0
+            for r in rows:
+                vals = {f: str(r.get(task.field_map.get(f, f), "")) for f in task.fields}
+                prompt += len(task.templates[min(fmt, len(task.templates) - 1)].format_map(vals))
+                answer += len(str(r.get(task.field_map.get("output", "output"), "")))
+            self._chars[key] = (prompt / max(len(rows), 1), answer / max(len(rows), 1), len(rows))
+        return self._chars[key]
+
+    def unit(self, spec: RunSpec | CellSpec) -> tuple[str, float]:
+        """(kind, seconds) of one unit."""
+        res = self.plan.resolved
+        scale = param_count(spec.model) / REF_PARAMS
+        if isinstance(spec, RunSpec):
+            task = res.tasks[spec.train_task]
+            path = train_file(res, spec.train_task, spec.train_set, spec.size)
+            p, a, _ = self.avg_chars(path, task, 0, spec.size)
+            tokens = spec.size * (p + a) * (1 + spec.fticl_k) / CHARS_PER_TOKEN * spec.epochs
+            factor = 0.7 if spec.lora_r else 1.0  # LoRA still back-propagates through every activation
+            return "train", (tokens / CPU_TRAIN_TOKENS_S * factor + 2 * CPU_MODEL_LOAD_S) * scale
+        params = spec.params
+        task = res.tasks[params.task]
+        p, a, n = self.avg_chars(res.files[params.task].test[params.test_set], task, params.fmt, params.limit)
+        prefix = params.shots * (p + a) / CHARS_PER_TOKEN
+        if task.kind == "classification":
+            labels = sum(len(lab) for lab in task.labels) / CHARS_PER_TOKEN + len(task.labels)
+            return "classify", (n * (p / CHARS_PER_TOKEN + labels) + prefix) / CPU_PREFILL_TOKENS_S * scale
+        # a base model often runs to max_new_tokens; a fine-tuned one stops after about its gold length
+        most = params.max_new_tokens or task.max_new_tokens
+        new = most if spec.run is None else min(most, 2 * a / CHARS_PER_TOKEN + 4)
+        batch = params.batch_size if isinstance(params.batch_size, int) else 16  # "auto" is 16 on a CPU
+        prefill = (n * p / CHARS_PER_TOKEN + prefix) / CPU_PREFILL_TOKENS_S
+        return "generate", (prefill + -(-n // batch) * new / CPU_DECODE_STEPS_S) * scale
+
+
+def calibration_path() -> Path:
+    from ftgen.models import cache_dir
+
+    return cache_dir() / "study_calibration.json"
+
+
+def _constants() -> list[float]:
+    return [CPU_TRAIN_TOKENS_S, CPU_PREFILL_TOKENS_S, CPU_DECODE_STEPS_S]
+
+
+def load_calibration() -> dict:
+    """The saved factors, if they were measured against the current constants."""
+    try:
+        cal = json.loads(calibration_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(cal, dict) or cal.get("constants") != _constants():
+        return {}
+    factors = [cal.get(k, 1.0) for k in KINDS]
+    return cal if all(isinstance(f, (int, float)) and 0 < f < float("inf") for f in factors) else {}
+
+
+def save_calibration(plan: Plan, store: Store, finished: set[str]) -> None:
+    """measured / estimated seconds per kind of unit, from the units this study finished (`finished` keys)."""
+    if not finished:
+        return  # only finished work may update the machine's calibration
+    done = {r["key"]: r["seconds"] for t in ("runs", "cells") for r in store.rows(t, "status='done'")}
+    costs = CostModel(plan)
+    est: dict[str, float] = dict.fromkeys(KINDS, 0.0)
+    got: dict[str, float] = dict.fromkeys(KINDS, 0.0)
+    for spec in [*plan.runs, *plan.cells]:
+        if spec.key in finished and done.get(spec.key):
+            kind, seconds = costs.unit(spec)
+            est[kind] += seconds
+            got[kind] += done[spec.key]
+    old = load_calibration()
+    factors = {k: round(got[k] / est[k], 3) if est[k] > 1 else old.get(k) for k in KINDS}
+    new = {k: v for k, v in factors.items() if v is not None}
+    if new:
+        new |= {
+            "study": plan.cfg.name,
+            "host": os.uname().nodename,
+            "cpus": os.cpu_count(),
+            "when": time.time(),
+            "constants": _constants(),
+        }
+        try:
+            atomic_write_text(calibration_path(), json.dumps(new, indent=2))
+        except OSError:
+            pass  # a read-only cache only loses the calibration
+
+
+def estimate(plan: Plan, done_keys: set[str] = frozenset()) -> dict:
+    """Seconds for the units not done yet, calibrated by the last study measured on this machine."""
+    cal = load_calibration()
+    costs = CostModel(plan)
+    by_kind: dict[str, float] = dict.fromkeys(KINDS, 0.0)
+    for spec in [*plan.runs, *plan.cells]:
+        if spec.key not in done_keys:
+            kind, seconds = costs.unit(spec)
+            by_kind[kind] += seconds * cal.get(kind, 1.0)
+    models = {c.run.key if c.run else c.model for c in plan.cells if c.key not in done_keys}
+    eval_s = by_kind["classify"] + by_kind["generate"] + len(models) * CPU_MODEL_LOAD_S
+    cfg = plan.cfg
+    if cfg.executor == "ray":
+        at_once = max(1, int((cfg.ray.num_cpus or os.cpu_count() or 1) // cfg.ray.eval_cpus))
+    else:
+        at_once = cfg.workers
+    return {
+        "train_s": by_kind["train"],
+        "eval_s": eval_s,
+        "at_once": at_once,
+        "total_s": (by_kind["train"] + eval_s) / at_once,
+        "calibrated": bool(cal),
+        "calibration": cal,
+    }

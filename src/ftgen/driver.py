@@ -1,0 +1,167 @@
+"""The driver of a study: hands the plan's unfinished units to an executor and records each result.
+
+It is the one writer of the results store. Order: the base models' cells first, then every training run;
+a run's cells are submitted once its model exists (right away for a run done earlier, after its training
+otherwise). A done run whose saved model no longer matches its manifest is trained again before its cells.
+A failed run fails its pending cells; the study goes on with the rest.
+
+    Driver(plan, store, executor).run()      # -> counts; `finished` holds the keys done this time
+
+The executor (ftgen.executors) decides where units run and holds the unit bodies (ftgen.units.Units, or
+stand-ins in tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from ftgen import progress
+from ftgen.errors import UserError
+from ftgen.plan import CellSpec, Plan, RunSpec
+from ftgen.store import Store, manifest
+from ftgen.units import DriftSpec, EvalJob, TrainJob
+
+
+def error_line(err: BaseException) -> str:
+    """A failed unit's error in one line (the store's `error` column, the log)."""
+    cause = getattr(err, "cause", None) or err  # Ray wraps the task's exception
+    text = f"{type(cause).__name__}: {cause}" if not isinstance(cause, UserError) else str(cause)
+    return (text.strip().splitlines() or [type(cause).__name__])[0][:500]
+
+
+class Driver:
+    """Runs every unit of `plan` not done in `store` on `executor`; records results as they come."""
+
+    def __init__(self, plan: Plan, store: Store, executor: Any):
+        self.plan, self.store, self.executor = plan, store, executor
+        self.runs_dir = store.out_dir / "runs"
+        status = {r["key"]: r["status"] for t in ("runs", "cells") for r in store.rows(t)}
+        self.todo_cells = {c.key for c in plan.cells if status[c.key] != "done"}
+        self.total = sum(status[r.key] != "done" for r in plan.runs) + len(self.todo_cells)
+        self.jobs: dict[int, RunSpec | CellSpec] = {}
+        self.counts: Counter = Counter()
+        self.finished: set[str] = set()  # keys of the units done by this driver
+        # a unit is `running` from when the executor starts it (local) or hands it to the cluster (ray)
+        executor.on_start = lambda kind, job: store.start("runs" if kind == "train" else "cells", job.key)
+
+    def run(self) -> dict:
+        """Run until no unit is left; returns counts ("runs done", "cells failed", ...)."""
+        self.t_start = time.perf_counter()
+        self.bar = progress.bar(total=self.total, desc="study", unit="unit")
+        try:
+            self.submit_all()
+            while self.executor.pending():
+                handle, result, error = self.executor.next_done()
+                spec = self.jobs.pop(handle)
+                if isinstance(spec, RunSpec):
+                    self.run_done(spec, result, error)
+                else:
+                    self.cell_done(spec, result, error)
+        finally:
+            self.bar.close()
+        return dict(self.counts)
+
+    # ------------------------------------------------------------------ submitting
+
+    def model_dir(self, run: RunSpec):
+        return (self.runs_dir / run.key / "model").absolute()  # not the stored model_dir: the study may have moved
+
+    def submit_all(self) -> None:
+        for model in self.plan.cfg.models:
+            self.submit_cells(self.plan.cells_of(None, model), model)
+        for run in self.plan.runs:
+            row = self.store.get("runs", run.key)
+            pending = [c for c in self.plan.cells_of(run.key) if c.key in self.todo_cells]
+            if row["status"] != "done":
+                self.submit_train(run)
+            elif pending and manifest(self.model_dir(run)) != _json(row["manifest"]):
+                progress.log(f"study: the saved model of {run.slot} changed on disk: training it again")
+                self.store.reopen_run(run.key)
+                trash = self.runs_dir / f".trash-{run.key}"  # rename first: a kill mid-delete leaves no half run dir
+                shutil.rmtree(trash, ignore_errors=True)
+                os.replace(self.runs_dir / run.key, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+                self.bar.total += 1
+                self.submit_train(run)
+            else:
+                self.submit_cells(pending, str(self.model_dir(run)))
+
+    def submit_cells(self, cells: list[CellSpec], model_path: str) -> None:
+        cfg = self.plan.cfg
+        for c in cells:
+            if c.key in self.todo_cells:
+                desc = f"{c.test_task}/{c.test_set} {c.shots}-shot"
+                job = EvalJob(c.key, model_path, c.params, str(self.plan.resolved.data_dir), tuple(cfg.task_dirs), desc)
+                self.jobs[self.executor.submit("eval", job)] = c
+
+    def submit_train(self, run: RunSpec) -> None:
+        cfg = self.plan.cfg
+        drift = None
+        if cfg.analysis.drift:
+            drift = DriftSpec(run.model, tuple(self.plan.resolved.tasks), cfg.analysis.probe_records)
+        job = TrainJob(run.key, run.config, str(self.runs_dir / run.key), cfg.threads, drift)
+        self.jobs[self.executor.submit("train", job)] = run
+
+    # ------------------------------------------------------------------ recording
+
+    def run_done(self, run: RunSpec, result: dict | None, error: BaseException | None) -> None:
+        if error is None:
+            self.store.finish_run(
+                run.key,
+                model_dir=f"runs/{run.key}/model",
+                manifest=result["manifest"],
+                summary=result["summary"],
+                seconds=result["seconds"],
+            )
+            self.counts["runs done"] += 1
+            self.finished.add(run.key)
+            s = result["summary"]
+            loss = f"loss {s.get('loss_first_epoch') or 0:.3f} -> {s.get('loss_last_epoch') or 0:.3f}"
+            self.log_done(run, result["seconds"], loss)
+            self.submit_cells(self.plan.cells_of(run.key), str(self.model_dir(run)))
+            return
+        line = error_line(error)
+        self.store.fail("runs", run.key, line)
+        self.counts["runs failed"] += 1
+        self.log_done(run, 0, f"FAILED: {line}")
+        for c in self.plan.cells_of(run.key):
+            if c.key in self.todo_cells:
+                self.store.fail("cells", c.key, f"training run failed: {line}")
+                self.counts["cells failed"] += 1
+                self.bar.update(1)
+
+    def cell_done(self, cell: CellSpec, result: dict | None, error: BaseException | None) -> None:
+        if error is None:
+            self.store.finish_cell(
+                cell.key, metrics=result["metrics"], predictions=result["predictions"], seconds=result["seconds"]
+            )
+            self.counts["cells done"] += 1
+            self.finished.add(cell.key)
+            m = result["metrics"]
+            self.log_done(cell, result["seconds"], f"{m['metric']} {m['score']:.1f} (n={m['n']})")
+            return
+        line = error_line(error)
+        self.store.fail("cells", cell.key, line)
+        self.counts["cells failed"] += 1
+        self.log_done(cell, 0, f"FAILED: {line}")
+
+    def log_done(self, spec: RunSpec | CellSpec, seconds: float, extra: str) -> None:
+        done = sum(self.counts.values())
+        elapsed = progress.fmt_seconds(time.perf_counter() - self.t_start)
+        self.bar.update(1)
+        if not progress.is_quiet():
+            took = f"{progress.fmt_seconds(seconds)}; study {elapsed}"
+            self.bar.write(f"[{done}/{self.total}] {spec.describe()}: {extra} ({took})", file=sys.stderr)
+
+
+def _json(text: str | None) -> object:
+    try:
+        return json.loads(text or "{}")
+    except ValueError:
+        return None  # a damaged row never matches: the model is trained again
