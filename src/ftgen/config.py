@@ -352,14 +352,6 @@ def parse_study(data: object, source: str = "study config") -> StudyConfig:
 # ---------------------------------------------------------------- paths
 
 
-def looks_like_path(model: str) -> bool:
-    """A model named by a local path rather than a Hub id (`owner/name`): it starts with '.', '/' or '~',
-    holds a backslash or more than one '/', or its first part is a local directory (`models/nope`)."""
-    if model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1:
-        return True
-    return "/" in model and Path(model.split("/")[0]).is_dir()
-
-
 def check_out_dir(out: str | Path, data_dir: str | Path | None, option: str = "--out") -> None:
     """Results never go into the data: `out` may not be the data directory or lie inside it."""
     if data_dir is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftgen.config import STUDY_OWNED_TRAIN_FIELDS, Method, StudyConfig, TrainConfig, looks_like_path
+from ftgen.config import STUDY_OWNED_TRAIN_FIELDS, Method, StudyConfig, TrainConfig
 from ftgen.data import TaskFiles, read_raw_records, scan_task_files
 from ftgen.errors import UserError
 from ftgen.tasks import TaskDef, all_tasks
@@ -123,9 +123,13 @@ class _Checker:
         return resolved
 
     def check_models(self) -> None:
+        from ftgen.hub import check_model_name
+
         for i, model in enumerate(self.cfg.models):
-            if looks_like_path(model) and not Path(model).expanduser().exists():
-                self.fail(f"models.{i}", f"no such model directory '{model}'")
+            try:
+                check_model_name(model)
+            except UserError as e:
+                self.fail(f"models.{i}", str(e))
 
     def check_train(self) -> list[str]:
         """The train set of each entry (default: its task's in-domain set), checked against the data."""
