@@ -45,7 +45,7 @@ console = make_console()
 
 def print_table(title: str, rows: list[dict], columns: list[str], **column_options) -> None:
     """A table of `rows` (dicts) under `title`; `column_options`: column name -> rich add_column options."""
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title or None, title_justify="left")
     for c in columns:
         table.add_column(c, **column_options.get(c, {}))
     for r in rows:

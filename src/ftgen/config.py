@@ -129,7 +129,7 @@ class TrainConfig(BaseModel):
     fticl_pool: str | None = Field(None, description="few-shot pool (test set name); default: the train set's")
 
     lora_r: int | None = Field(None, ge=1, le=4096, description="LoRA rank; None = full fine-tuning")
-    lora_alpha: PositiveFinite | None = Field(None, description="LoRA alpha (default 2 x rank)")
+    lora_alpha: PositiveFinite | None = Field(None, description="LoRA alpha (unset: 2 x rank)")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
     lora_targets: list[str] = Field(
         default_factory=lambda: ["all-linear"], description="module names to adapt (comma list)"

@@ -139,8 +139,8 @@ def study_progress(store: Store, now: float | None = None) -> StudyProgress:
                 next(r for r in rows if r.key == spec.key).eta_s = seconds
         left += seconds
     at_once = estimate_at_once(plan.cfg)
-    how = ", ".join(f"{k} x{f:.2f}" for k, f in factors.items() if f != 1.0) or "not calibrated yet"
-    note = f"cost model scaled by this study's finished units, else the machine's calibration ({how})"
+    how = ", ".join(f"{k} x{f:.2f}" for k, f in factors.items() if f != 1.0) or "none measured yet"
+    note = f"the cost model times measured/estimated seconds: {how}"
     if at_once > 1:
         note += f"; {at_once} units at once"
     total = left / at_once

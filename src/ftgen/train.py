@@ -125,8 +125,9 @@ def tokenize(cfg: TrainConfig, task, ds, shots: list[dict], tokenizer) -> TrainD
 # ---------------------------------------------------------------- logs
 
 
-def plot_loss(rows: list[dict], path: Path, title: str) -> None:
-    """loss.png: per-step training loss and, with more than 20 steps, its running mean."""
+def loss_figure(rows: list[dict], title: str):
+    """The figure of loss.png: the loss of each optimizer step and, with more than 20 steps, its running mean
+    (over a twentieth of the steps)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,17 +137,24 @@ def plot_loss(rows: list[dict], path: Path, title: str) -> None:
     losses = [r["loss"] for r in rows]
     k = max(1, len(rows) // 20)
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, losses, alpha=0.35 if k > 1 else 1.0, marker="o" if len(rows) <= 20 else None, label="loss per step")
+    few = len(rows) <= 20
+    ax.plot(steps, losses, alpha=1.0 if k == 1 else 0.35, marker="o" if few else None, label="loss per step")
     if k > 1:  # a mean over one step is the loss itself
-        smooth = [
-            sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1]) for i in range(len(rows))
-        ]
+        smooth = [sum(losses[max(0, i - k + 1) : i + 1]) / min(k, i + 1) for i in range(len(rows))]
         ax.plot(steps, smooth, label=f"running mean ({k} steps)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy per response token")
     ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_loss(rows: list[dict], path: Path, title: str) -> None:
+    """loss.png (see loss_figure), written atomically."""
+    import matplotlib.pyplot as plt
+
+    fig = loss_figure(rows, title)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
