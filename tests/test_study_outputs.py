@@ -4,8 +4,10 @@ data; the units are stand-ins that write a model file and score the real test re
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -345,3 +347,53 @@ def test_status_per_run_table_and_eta(paper_data, tmp_path):
     line = next(x for x in proc.stdout.splitlines() if run.dir_name in x)
     assert re.search(r"running\s*│\s*3/8\s*│", line), line
     assert re.search(r"ETA of the study: ~\d", proc.stdout), proc.stdout
+
+
+# ---------------------------------------------------------------- GPU configs and the disk estimate
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+def test_disk_estimate_counts_real_parameters(default_model_dir, tmp_path):
+    """The shape arithmetic behind the disk estimate against real models: the default model's checkpoint (its
+    tensors counted from the safetensors header) and a PEFT LoRA adapter on a tiny Llama."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors import safe_open
+    from test_train import make_tiny_model
+    from transformers import AutoModelForCausalLM
+
+    from ftgen.costs import _shape, lora_params, params_of
+
+    with safe_open(str(default_model_dir / "model.safetensors"), "pt") as f:
+        real = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    shape = _shape(str(default_model_dir))  # (this test's FTGEN_CACHE is its own: name the machine's cache)
+    assert shape["exact"] and params_of(shape) == real
+    tiny = make_tiny_model(tmp_path / "tiny")
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    assert params_of(_shape(str(tiny))) == sum(p.numel() for p in model.parameters())
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    trained = sum(p.numel() for p in peft.parameters() if p.requires_grad)
+    assert lora_params(_shape(str(tiny)), 4, ["all-linear"]) == trained
+
+
+def test_paper_grids_disk_and_the_lora_config_for_one_gpu(paper_data):
+    from ftgen.costs import disk_estimate
+
+    full = load_plan(CONFIGS / "paper.yaml", paper_data)
+    d = disk_estimate(full)
+    assert d["runs"] == 39 and 0.9e12 < d["models_bytes"] < 1.3e12  # ~27 GB a run: ~1 TB
+    lean = full.cfg.model_copy(update={"keep_models": False})
+    one = disk_estimate(dataclasses.replace(full, resolved=dataclasses.replace(full.resolved, cfg=lean)))
+    assert one["models_alive"] == 1 and one["models_bytes"] == d["models_bytes"] / 39
+
+    lora = load_plan(CONFIGS / "paper-lora.yaml", paper_data)
+    assert len(lora.runs) == 39 and {r.slot.split(" | ")[0] for r in lora.runs} == {"meta-llama/Llama-2-7b-hf"}
+    for run in lora.runs:
+        c = run.config
+        assert (c.lora_r, c.dtype, c.gradient_checkpointing) == (16, "bf16", True)
+        assert c.micro_batch_tokens == c.micro_batch_size * c.max_length and c.batch_size == 16
+    d = disk_estimate(lora)
+    assert d["models_bytes"] < 10e9 and "LoRA r=16 adapter" in d["models"][0]
+    proc = run_cli("study", str(CONFIGS / "paper-lora.yaml"), "--dry-run", "--data-dir", str(paper_data))
+    assert proc.returncode == 0 and "39 training runs, 5840 evaluation cells" in proc.stdout, proc.stderr
+    assert re.search(r"disk: ~[\d.]+ GB at the peak", proc.stdout), proc.stdout
