@@ -65,7 +65,7 @@ class ScoringUnits(FakeUnits):
         return {"metrics": metrics, "predictions": preds, "seconds": 0.1}
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def own_cache(tmp_path, monkeypatch):
     """A cache of the test's own: stand-in units must never calibrate the machine's estimates."""
     monkeypatch.setenv("FTGEN_CACHE", str(tmp_path / "cache"))
@@ -117,6 +117,7 @@ def _drop_column(out: Path, table: str, column: str) -> None:
     conn.close()
 
 
+@pytest.mark.usefixtures("own_cache")
 def test_a_study_from_before_readable_names_is_read_then_renamed(paper_data, tmp_path):
     """An old study: run dirs named by key, model_dir 'runs/<key>/model', no model_deleted column. Readers find
     its runs; the next `ftgen study` renames the dirs (no retraining) and records the new paths."""
@@ -147,6 +148,7 @@ def test_a_study_from_before_readable_names_is_read_then_renamed(paper_data, tmp
 # ---------------------------------------------------------------- --only
 
 
+@pytest.mark.usefixtures("own_cache")
 def test_only_runs_a_subset_and_leaves_the_rest_pending(paper_data, tmp_path):
     cfg, out = _write_config(tmp_path, TINY), tmp_path / "out"
     plan = load_plan(cfg, paper_data)
@@ -179,6 +181,7 @@ def _models(out: Path) -> list[str]:
     return sorted(p.parent.name for p in out.glob("runs/*/model"))
 
 
+@pytest.mark.usefixtures("own_cache")
 def test_keep_models_false_deletes_each_model_once_its_cells_are_done(paper_data, tmp_path):
     data = {**TINY, "keep_models": False}
     cfg, out = _write_config(tmp_path, data), tmp_path / "out"
@@ -240,6 +243,7 @@ def _validate_export(folder: Path) -> dict:
     return results
 
 
+@pytest.mark.usefixtures("own_cache")
 def test_export_follows_its_schema_with_inputs_scores_and_deltas(paper_data, tmp_path):
     data = {**EXPORT_STUDY, "export": True}
     cfg, out = _write_config(tmp_path, data), tmp_path / "out"
@@ -271,6 +275,7 @@ def test_export_follows_its_schema_with_inputs_scores_and_deltas(paper_data, tmp
         assert path.stat().st_mode & 0o777 == (0o750 if path.is_dir() else 0o640), path
 
 
+@pytest.mark.usefixtures("own_cache")
 def test_export_cli_without_the_data_says_why_inputs_are_missing(paper_data, tmp_path):
     data_copy = tmp_path / "data"
     for task in ("sentiment", "question"):
@@ -315,6 +320,7 @@ def test_schema_rejects_what_it_should():
 # ---------------------------------------------------------------- ftgen status
 
 
+@pytest.mark.usefixtures("own_cache")
 def test_status_per_run_table_and_eta(paper_data, tmp_path):
     """A study half done, one run training (3 of 8 steps in its loss.jsonl, 10 s a step): the table shows each
     model's state, steps, elapsed time, ETA and cells; the study's ETA adds the cost model's estimate of what is

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -85,12 +86,19 @@ def test_a_tracker_that_is_not_installed_is_refused_before_the_model_loads(tiny,
 
 def test_cli_train_with_trackers_and_the_old_batch_size_flag(tiny, paper_data, tmp_path, capsys):
     """The old spelling --batch-size trains (the effective batch) and says once the run is done that it is
-    deprecated; --report-to tensorboard writes its events; the printed model path is the run's model dir."""
+    deprecated; --report-to tensorboard writes its events; the printed model path is the run's model dir; every
+    file and directory written follows the umask."""
     pytest.importorskip("tensorboard")
     args = ["train", "--model", tiny, "--task", "sentiment", "--data-dir", str(paper_data), "--train-size", "8"]
     args += ["--epochs", "1", "--batch-size", "4", "--micro-batch-size", "2", "--max-length", "96"]
-    result = run_cli_inprocess(capsys, *args, "--report-to", "tensorboard", "--out", str(tmp_path / "o"))
+    old = os.umask(0o027)
+    try:
+        result = run_cli_inprocess(capsys, *args, "--report-to", "tensorboard", "--out", str(tmp_path / "o"))
+    finally:
+        os.umask(old)
     assert result.returncode == 0, result.stderr
+    for path in [tmp_path / "o", *(tmp_path / "o").rglob("*")]:  # what a plain open / mkdir gives under the umask
+        assert path.stat().st_mode & 0o777 == (0o750 if path.is_dir() else 0o640), path
     assert f"model: {tmp_path / 'o' / 'model'}" in result.stdout
     assert "--batch-size is deprecated here: say --effective-batch-size" in result.stderr
     summary = json.loads((tmp_path / "o" / "train_summary.json").read_text())

@@ -218,8 +218,8 @@ def _print_status(store, out: Path) -> None:
     if p.eta_s is None:
         say(f"ETA of the study: {p.eta_note}")
     else:
-        left = f"~{progress.fmt_seconds(p.eta_s)}" if p.eta_s >= 1 else "nothing left"
-        say(f"ETA of the study: {left} ({p.eta_note})")
+        left = f"~{progress.fmt_seconds(p.eta_s)} ({p.eta_note})" if p.eta_s >= 1 else "nothing left"
+        say(f"ETA of the study: {left}")
     say(f"compute time of the done units: {progress.fmt_seconds(s['compute_s'])}")
     say(f"study process: {s['writer'] or 'none (not running)'}")
     for slot in s["running"]:

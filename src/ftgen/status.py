@@ -124,22 +124,24 @@ def study_progress(store: Store, now: float | None = None) -> StudyProgress:
     factors = _factors(plan, costs, done)
     by_rate = {r.key: r.eta_s for r in rows if r.eta_s is not None}  # training runs under way, from their steps
     left = 0.0
+    kinds: set[str] = set()  # of the units left: the factors worth saying
+    rows_by_key = {r.key: r for r in rows if r.key}
     for spec in [*plan.runs, *plan.cells]:
         row = by_key.get(spec.key)
         if row is None or row["status"] == "done":
             continue
+        kind, seconds = costs.unit(spec)
+        kinds.add(kind)
+        seconds *= factors[kind]
         if spec.key in by_rate:
             seconds = by_rate[spec.key]
-        else:
-            kind, seconds = costs.unit(spec)
-            seconds *= factors[kind]
-            if row["status"] == "running":
-                seconds = max(seconds - (now - (row["started"] or now)), 0.0)
-            if spec.key in {r.key for r in rows}:
-                next(r for r in rows if r.key == spec.key).eta_s = seconds
+        elif row["status"] == "running":
+            seconds = max(seconds - (now - (row["started"] or now)), 0.0)
+        if spec.key in rows_by_key:
+            rows_by_key[spec.key].eta_s = seconds
         left += seconds
     at_once = estimate_at_once(plan.cfg)
-    how = ", ".join(f"{k} x{f:.2f}" for k, f in factors.items() if f != 1.0) or "none measured yet"
+    how = ", ".join(f"{k} x{f:.2f}" for k, f in factors.items() if k in kinds and f != 1.0) or "none measured yet"
     note = f"the cost model times measured/estimated seconds: {how}"
     if at_once > 1:
         note += f"; {at_once} units at once"

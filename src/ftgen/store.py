@@ -404,9 +404,9 @@ class Store:
             if legacy.is_dir() and not named.exists():
                 os.replace(legacy, named)
                 renamed += 1
-            if row["model_dir"] and named.is_dir():
+            model_dir = str(named.relative_to(self.out_dir) / "model")
+            if row["model_dir"] not in (None, model_dir) and named.is_dir():
                 with self.transaction() as c:
-                    model_dir = str(named.relative_to(self.out_dir) / "model")
                     c.execute("UPDATE runs SET model_dir=? WHERE key=?", (model_dir, row["key"]))
         return renamed
 

@@ -3,8 +3,11 @@
     plan   = load_plan(config, data_dir)          # validate, expand the grid, key every unit (ftgen.plan)
     store  = Store.open_writer(out)                # lock, stale `running` -> `pending` (ftgen.store)
     check_changes(store, plan)                     # a finished unit computed otherwise: refuse (or supersede)
-    Driver(plan, store, executor).run()            # skip done units, run the rest (ftgen.driver, ftgen.units)
+    store.name_run_dirs()                          # runs/<key> of an older study -> runs/<readable name>
+    selected = select_units(plan, only, ...)       # `--only TASK`: a subset (ftgen.plan); else everything
+    Driver(plan, store, executor, selected).run()  # skip done units, run the rest (ftgen.driver, ftgen.units)
     save_calibration(...)                          # measured vs estimated seconds (ftgen.costs)
+    write_export(store, out / "export")            # with `export: true` (ftgen.export)
 
 Order (local executor, one worker): the base model's cells first, then for each training run: train,
 then evaluate it on every cell. Each model is loaded once for all its cells. With several workers (or
