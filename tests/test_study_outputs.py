@@ -24,8 +24,9 @@ from ftgen import metrics as M
 from ftgen.errors import UserError
 from ftgen.export import schema
 from ftgen.plan import load_plan, select_units
-from ftgen.store import Store, run_dir_name
+from ftgen.store import Store
 from ftgen.study import run_study
+from ftgen.study_files import run_dir_name
 from helpers import assert_user_error, run_cli
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$")
@@ -353,6 +354,12 @@ def test_status_per_run_table_and_eta(paper_data, tmp_path):
     line = next(x for x in proc.stdout.splitlines() if run.dir_name in x)
     assert re.search(r"running\s*│\s*3/8\s*│", line), line
     assert re.search(r"ETA of the study: ~\d", proc.stdout), proc.stdout
+    # the data gone: the table still, the study's ETA unknown and why
+    with Store.open_writer(out) as store:
+        store.set_meta("data_dir", str(tmp_path / "gone"))
+    with Store.open_reader(out) as store:
+        p = study_progress(store)
+    assert p.eta_s is None and "data directory not found" in p.eta_note and len(p.rows) == 3
 
 
 # ---------------------------------------------------------------- GPU configs and the disk estimate

@@ -196,8 +196,7 @@ def _print_status(store, out: Path) -> None:
     from ftgen.status import fmt_eta, study_progress
 
     s = store.status()
-    say = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731 (wrapped at the width)
-    say(f"Study {s['name']} in {out}")
+    print(f"Study {s['name']} in {out}")
     rows = [{"": table, **{k: v for k, v in c.items() if k != "superseded" or v}} for table, c in s["counts"].items()]
     print_table("", rows, list(dict.fromkeys(k for r in rows for k in r)))
     p = study_progress(store, time.time())
@@ -216,16 +215,16 @@ def _print_status(store, out: Path) -> None:
         right = {"justify": "right"}
         print_table("", table, list(table[0]), steps=right, elapsed=right, ETA=right, cells=right)
     if p.eta_s is None:
-        say(f"ETA of the study: {p.eta_note}")
+        print(f"ETA of the study: {p.eta_note}")
     else:
         left = f"~{progress.fmt_seconds(p.eta_s)} ({p.eta_note})" if p.eta_s >= 1 else "nothing left"
-        say(f"ETA of the study: {left}")
-    say(f"compute time of the done units: {progress.fmt_seconds(s['compute_s'])}")
-    say(f"study process: {s['writer'] or 'none (not running)'}")
+        print(f"ETA of the study: {left}")
+    print(f"compute time of the done units: {progress.fmt_seconds(s['compute_s'])}")
+    print(f"study process: {s['writer'] or 'none (not running)'}")
     for slot in s["running"]:
-        say(f"running: {slot}" if s["writer"] else f"stale (its process died; redone on the next run): {slot}")
+        print(f"running: {slot}" if s["writer"] else f"stale (its process died; redone on the next run): {slot}")
     for slot, error in s["failed"]:
-        say(f"failed: {slot}: {one_line(error or '')}")
+        print(f"failed: {slot}: {one_line(error or '')}")
 
 
 def _print_check(c: dict) -> None:

@@ -24,7 +24,8 @@ from typing import Any
 from ftgen import __version__
 from ftgen.checkpoint import atomic_dir
 from ftgen.errors import UserError
-from ftgen.store import CELL_COORDS, RUN_COORDS, Store, name_part, run_dir_name
+from ftgen.store import CELL_COORDS, RUN_COORDS, Store
+from ftgen.study_files import name_part, run_dir_name
 
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "results.schema.json"
 FORMAT_VERSION = 1  # of results.json; its schema's `format_version` const

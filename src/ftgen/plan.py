@@ -36,7 +36,8 @@ from ftgen.config import (
 )
 from ftgen.errors import UserError, parse_fields
 from ftgen.files import read_yaml
-from ftgen.store import CELL_COORDS, RUN_COORDS, Store, canonical_json, run_dir_name
+from ftgen.store import CELL_COORDS, RUN_COORDS, Store, canonical_json
+from ftgen.study_files import run_dir_name
 from ftgen.tasks import TaskDef
 from ftgen.validate import Resolved, resolve_paths, validate_study
 

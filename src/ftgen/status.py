@@ -142,7 +142,7 @@ def study_progress(store: Store, now: float | None = None) -> StudyProgress:
         left += seconds
     at_once = estimate_at_once(plan.cfg)
     how = ", ".join(f"{k} x{f:.2f}" for k, f in factors.items() if k in kinds and f != 1.0) or "none measured yet"
-    note = f"the cost model times measured/estimated seconds: {how}"
+    note = f"cost model x measured/estimated: {how}"
     if at_once > 1:
         note += f"; {at_once} units at once"
     total = left / at_once

@@ -26,23 +26,17 @@ in it (a dead study's pid may belong to another process by now). A damaged store
 that is not JSON, a done cell without its score) never gives a traceback: `check` lists each problem in one
 line, and readers that cannot go on refuse in one line.
 
-The directory also holds one folder per training run, named for people (`run_dir_name`:
-`runs/sentiment-amazon-n2000-fticl-lr2e-05-ep2-s0-1834dd/`, its coordinates and the first 6 hex digits of its
-key), with the trained model (`model/`, recorded with its `manifest`: the sha256 of its files), the training
-logs and `drift.json`; and, after a kill, hidden temp files of interrupted writes (`leftovers`). Stores from
-before readable names hold `runs/<key>/`: `run_dir` finds either, and a study renames them when it starts
-(`name_run_dirs`). A study with `keep_models: false` deletes a model once its cells are done: the run stays
-done, its row records when (`model_deleted`).
+The study directory also holds one folder per training run, named for people, the model manifests and the
+leftovers of killed writes (ftgen.study_files). A study from before readable run names holds `runs/<key>/`:
+`name_run_dirs` renames them when a study starts. A study with `keep_models: false` deletes a model once its
+cells are done: the run stays done, its row records when (`model_deleted`).
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
-import re
-import shutil
 import socket
 import sqlite3
 import stat
@@ -53,6 +47,7 @@ from pathlib import Path
 
 from ftgen.errors import UserError, one_line
 from ftgen.files import WRITE_ERRNOS, write_error_line
+from ftgen.study_files import leftovers, manifest, remove_leftovers, run_dir, run_dir_name  # noqa: F401 (re-exported)
 
 DB_NAME = "results.sqlite"
 LOCK_NAME = ".lock"
@@ -115,35 +110,6 @@ CELL_COLUMNS = ("key", "slot", "run_key", *RUN_COORDS, *CELL_COORDS, "config")
 
 def db_path(out_dir: str | Path) -> Path:
     return Path(out_dir) / DB_NAME
-
-
-def name_part(value: object) -> str:
-    """A piece of a directory name: letters, digits and `._+-`; anything else becomes `_`; never hidden."""
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(value)).strip("._") or "_"
-
-
-def run_dir_name(coords: Mapping, key: str) -> str:
-    """The directory name of a training run: its coordinates, readable, then the first 6 hex digits of its key
-    (`sentiment-amazon-n2000-fticl-lr2e-05-ep2-s0-1834dd`; a model other than the default goes first, a train set
-    given as a file by its stem). Two live runs differ in a coordinate; a superseded run and its successor in the
-    key. A pure function of the run's row, so every reader finds the same directory."""
-    model, train_set = str(coords["model"]), str(coords["train_set"])
-    if "/" in train_set or train_set.endswith((".json", ".jsonl", ".csv")):
-        train_set = Path(train_set).stem
-    parts = [] if model == "default" else [Path(model.rstrip("/")).name]
-    parts += [coords["train_task"], train_set, f"n{coords['size']}", coords["method"]]
-    parts += [f"lr{coords['lr']:g}", f"ep{coords['epochs']:g}", f"s{coords['seed']}"]
-    readable = "-".join(name_part(p) for p in parts)[:150]  # far below the 255 bytes a file system allows
-    return f"{readable}-{key[:6]}"
-
-
-def run_dir(out_dir: str | Path, row: Mapping) -> Path:
-    """Where a training run's files are: `runs/<run_dir_name>`, or `runs/<key>` in a study written before
-    readable names (until a study renames it)."""
-    runs = Path(out_dir) / "runs"
-    named = runs / run_dir_name(row, row["key"])
-    legacy = runs / row["key"]
-    return legacy if not named.exists() and legacy.is_dir() else named
 
 
 def canonical_json(obj: object) -> str:
@@ -552,10 +518,10 @@ class Store:
             if not isinstance(score, (int, float)) or not _is_json(metrics, dict):
                 problems.append(f"cell {key}: done without its score or readable metrics")
         sql = "SELECT key, status, config, summary, manifest FROM runs WHERE status != 'superseded'"
-        for key, status, config, summary, manifest in self.conn.execute(sql):
+        for key, status, config, summary, files in self.conn.execute(sql):
             if not _is_json(config, dict):
                 problems.append(f"run {key}: its config is not readable JSON")
-            if status == "done" and not (_is_json(summary, dict) and _is_json(manifest, dict)):
+            if status == "done" and not (_is_json(summary, dict) and _is_json(files, dict)):
                 problems.append(f"run {key}: done without a readable summary or manifest")
         return problems
 
@@ -609,38 +575,3 @@ def _is_json(text: object, kind: type) -> bool:
         return isinstance(text, str) and isinstance(json.loads(text), kind)
     except ValueError:
         return False
-
-
-def manifest(model_dir: str | Path) -> dict[str, str]:
-    """sha256 of every file of a saved model: recorded with its run, checked before its cells load it."""
-    root = Path(model_dir)
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 22), b""):
-                    h.update(chunk)
-            out[str(p.relative_to(root))] = h.hexdigest()
-    return out
-
-
-# Names of the temp files and dirs an interrupted write leaves (files.atomic_write_*, checkpoint.atomic_dir,
-# the trash of a run trained again): hidden, never read, removed when the study starts again.
-LEFTOVER_PATTERNS = (".*.tmp", ".*.tmp.*", ".*.old", ".trash-*")
-
-
-def leftovers(out: str | Path) -> list[Path]:
-    found = {p for pattern in LEFTOVER_PATTERNS for p in Path(out).rglob(pattern)}
-    return sorted(p for p in found if not any(q in found for q in p.parents))
-
-
-def remove_leftovers(out: str | Path) -> int:
-    """Delete what killed writes left behind (call under the study lock: no one else writes)."""
-    paths = leftovers(out)
-    for p in paths:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-    return len(paths)

@@ -1,6 +1,7 @@
 """Experiment trackers of a training run (`report_to: [tensorboard, wandb]`), through accelerate's tracking API:
 the trackers go to `Accelerator(log_with=...)`, `init_trackers` starts them with the run's config, `log` sends
-each optimizer step's loss, learning rate, gradient norm and tokens/s, `end_training` closes them.
+each optimizer step's loss, learning rate, gradient norm and tokens/s, and each tracker's `finish` closes it
+(not `end_training`, which also tears down the process group that saving the model still needs under DDP).
 
     OUT/tensorboard/    TensorBoard event files (`tensorboard --logdir OUT`; a study: `--logdir STUDY/runs`)
     OUT/wandb/          Weights & Biases files: offline unless WANDB_MODE says otherwise (`wandb sync` later)
@@ -81,3 +82,9 @@ def log_step(accelerator, cfg: TrainConfig, row: dict) -> None:
     if row.get("tokens_per_s"):
         values["train/tokens_per_s"] = row["tokens_per_s"]
     accelerator.log(values, step=row["step"])
+
+
+def end_trackers(accelerator) -> None:
+    """Flush and close the trackers (main process only)."""
+    for tracker in accelerator.trackers:
+        tracker.finish()

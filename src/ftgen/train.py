@@ -52,7 +52,7 @@ from ftgen.errors import UserError
 from ftgen.files import atomic_write_json, atomic_write_jsonl, ensure_writable_dir, read_jsonl
 from ftgen.loss import ResponseLoss, check_response_loss, mean_loss
 from ftgen.loss import response_loss as response_loss  # re-exported: benchmarks import it from here
-from ftgen.trackers import check_trackers, log_step, make_trackers, start_trackers
+from ftgen.trackers import check_trackers, end_trackers, log_step, make_trackers, start_trackers
 from ftgen.trainable import build_model, make_accelerator, make_optimizer, make_schedule, save_final
 
 # ---------------------------------------------------------------- data
@@ -236,7 +236,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
     try:
         stopped = run_steps(loop, state, out, stop_after, say)
     finally:
-        hw.accelerator.end_training()  # flush and close the trackers, also when a step fails
+        end_trackers(hw.accelerator)  # flush and close them, also when a step fails
     if stopped is not None:
         return stopped
 
