@@ -104,3 +104,23 @@ def test_cli_train_with_trackers_and_the_old_batch_size_flag(tiny, paper_data, t
     summary = json.loads((tmp_path / "o" / "train_summary.json").read_text())
     assert summary["config"]["batch_size"] == 4 and summary["steps"] == 2
     assert len(tensorboard_scalars(tmp_path / "o" / "tensorboard")["train/loss"]) == 2
+
+
+def test_wandb_runs_offline_unless_the_user_says_otherwise(tmp_path, monkeypatch):
+    """The W&B tracker given to accelerate (wandb itself is only imported when it starts): offline by default,
+    the user's WANDB_MODE / WANDB_PROJECT win; its files go under the run's directory."""
+    from ftgen.config import TrainConfig
+    from ftgen.trackers import make_trackers
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    cfg = TrainConfig(task="sentiment", report_to="tensorboard,wandb", run_name="r1")
+    tb, wb = make_trackers(cfg, tmp_path)
+    assert (tb.name, tb.run_name, tb.logging_dir_param) == ("tensorboard", "tensorboard", str(tmp_path))
+    assert wb.name == "wandb" and wb.run_name == "ftgen"
+    assert wb.init_kwargs == {"name": "r1", "dir": str(tmp_path), "mode": "offline"}
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_PROJECT", "mine")
+    (wb,) = make_trackers(cfg.model_copy(update={"report_to": ["wandb"]}), tmp_path)
+    assert wb.run_name == "mine" and "mode" not in wb.init_kwargs
+    assert make_trackers(cfg.model_copy(update={"report_to": []}), tmp_path) == []

@@ -79,7 +79,11 @@ def data_check_cmd(
     data_dir: Annotated[
         Path | None,
         typer.Argument(
-            envvar=DATA_DIR_ENV, show_envvar=True, help="Data directory in the paper layout.", show_default=False
+            metavar="DATA_DIR",
+            envvar=DATA_DIR_ENV,
+            show_envvar=True,
+            help="Data directory in the paper layout.",
+            show_default=False,
         ),
     ] = None,
     task_dir: TaskDirOpt = None,
@@ -306,7 +310,9 @@ app.add_typer(analyze_app, name="analyze")
 
 @analyze_app.command("drift")
 def analyze_drift_cmd(
-    runs: Annotated[list[str], typer.Argument(help="Training output dirs (holding model/) or model dirs.")],
+    runs: Annotated[
+        list[str], typer.Argument(metavar="RUN...", help="Training output dirs (holding model/) or model dirs.")
+    ],
     base: Annotated[str, typer.Option(help="The base model the runs started from.")] = "default",
     data_dir: DataDirOpt = None,
     probe_tasks: Annotated[
@@ -362,7 +368,7 @@ analyze_app.command("interpolate")(cli_analyze.analyze_interpolate_cmd)
 
 @app.command("report")
 def report_cmd(
-    out: Annotated[Path, typer.Argument(help="A study's output dir.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="A study's output dir.")],
     to: Annotated[
         Path | None, typer.Option(help=with_default("Where the report goes.", "OUT/report"), show_default=False)
     ] = None,

@@ -22,7 +22,10 @@ def _floats(option: str, values: str) -> list[float]:
 
 
 def analyze_layers_cmd(
-    runs: Annotated[list[str], typer.Argument(help="Training output dirs (holding model/ and train_summary.json).")],
+    runs: Annotated[
+        list[str],
+        typer.Argument(metavar="RUN...", help="Training output dirs (holding model/ and train_summary.json)."),
+    ],
     base: Annotated[
         str | None, typer.Option(help=with_default("Base model.", "the one in each run's summary"), show_default=False)
     ] = None,
@@ -73,7 +76,9 @@ def analyze_layers_cmd(
 
 
 def analyze_attention_cmd(
-    models: Annotated[list[str], typer.Argument(help="Models: run dirs, model dirs, default or HF ids.")],
+    models: Annotated[
+        list[str], typer.Argument(metavar="MODEL...", help="Models: run dirs, model dirs, default or HF ids.")
+    ],
     task: Annotated[str, typer.Option(help="Task of the test set (name or task YAML).")],
     test_set: Annotated[str, typer.Option("--test-set", help="Test set whose records and pool are used.")],
     shots: Annotated[int, typer.Option(help="In-context examples per prompt (the first k of the pool).")] = 2,
@@ -120,7 +125,9 @@ def analyze_attention_cmd(
 
 
 def analyze_interpolate_cmd(
-    run: Annotated[str, typer.Argument(help="A training output dir, or a fine-tuned model or LoRA adapter dir.")],
+    run: Annotated[
+        str, typer.Argument(metavar="RUN", help="A training output dir, or a fine-tuned model or LoRA adapter dir.")
+    ],
     out: Annotated[Path, typer.Option(help="Output dir: one checkpoint dir alpha-<α>/ per α.")],
     alpha: Annotated[str, typer.Option(help="Comma list of α (0 = base, 1 = tuned).")] = "0.25,0.5,0.75",
     base: Annotated[

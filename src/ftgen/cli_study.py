@@ -17,7 +17,9 @@ from ftgen.errors import UserError, one_line
 
 def study_cmd(
     ctx: typer.Context,
-    config: Annotated[Path, typer.Argument(help="Study YAML: models, train tasks and sizes, methods, evaluation.")],
+    config: Annotated[
+        Path, typer.Argument(metavar="CONFIG", help="Study YAML: models, train tasks and sizes, methods, evaluation.")
+    ],
     out: Annotated[
         Path | None,
         typer.Option(help=with_default("Output dir: results.sqlite, runs/, report/.", "runs/NAME"), show_default=False),
@@ -167,7 +169,7 @@ def _print_disk(d: dict) -> None:
 
 
 def status_cmd(
-    out: Annotated[Path, typer.Argument(help="A study's output dir.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="A study's output dir.")],
     check: Annotated[
         bool, switch("--check", "Also check the store's integrity and every saved model (exit 1 on a problem).")
     ] = False,
@@ -239,7 +241,7 @@ def _print_check(c: dict) -> None:
 
 def export_cmd(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Argument(help="A study's output dir.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="A study's output dir.")],
     to: Annotated[
         Path | None, typer.Option(help=with_default("Where the export goes.", "OUT/export"), show_default=False)
     ] = None,

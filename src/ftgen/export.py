@@ -75,7 +75,7 @@ class _Inputs:
             try:
                 task = TaskDef.model_validate(identity["task_def"])
                 self._sets[key] = self._read(task, identity)
-            except (KeyError, ValueError, UserError) as e:
+            except (KeyError, ValueError, OSError, UserError) as e:
                 self._sets[key] = None, f"not included: {str(e).splitlines()[0][:200]}"
         return self._sets[key]
 

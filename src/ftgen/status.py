@@ -114,7 +114,7 @@ def study_progress(store: Store, now: float | None = None) -> StudyProgress:
     rows = _model_rows(store, runs, cells, now)
     try:
         plan = _plan_of(store)
-    except (UserError, ValueError, KeyError) as e:
+    except (UserError, ValueError, KeyError, OSError) as e:
         return StudyProgress(rows, None, f"unknown: {str(e).splitlines()[0][:160]}")
     from ftgen.costs import CostModel, estimate_at_once
 
