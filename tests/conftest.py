@@ -84,7 +84,7 @@ def _sandbox(tmp_path: Path, monkeypatch, tripwire: bool) -> Sandbox:
     monkeypatch.chdir(box.cwd)
     monkeypatch.setenv("FTGEN_CACHE", str(box.cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for name in ("FTGEN_TASK_DIRS", "FTGEN_DTYPE", "FTGEN_MAX_FILE_BYTES"):
+    for name in ("FTGEN_TASK_DIRS", "FTGEN_DTYPE", "FTGEN_MAX_FILE_BYTES", "FTGEN_DATA_DIR"):
         monkeypatch.delenv(name, raising=False)
     hub.hub_unreachable.cache_clear()
     if tripwire:

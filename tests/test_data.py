@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 
 import pytest
 import yaml
@@ -151,14 +152,37 @@ def test_data_check_table(paper_data, tmp_path):
 
 
 def test_data_check_cli(tmp_path):
+    """Invalid records are a problem a study handles (skip_invalid drops and counts them): listed, exit 0. A file
+    with no usable record is one it cannot handle: exit 1. --strict: the first invalid record is an error."""
     folder = tmp_path / "data" / "sentiment"
     write_json(folder / "toy_test_10.json", [{"input": "good", "output": "positive"}, {"input": "x", "output": "?"}])
     write_json(folder / "few_shot" / "toy_few_shot.json", [{"input": "bad", "output": "negative"}])
     proc = run_cli("data", "check", str(tmp_path / "data"))
-    assert proc.returncode == 1
+    assert proc.returncode == 0, proc.stderr
     assert "toy" in proc.stdout and "1 invalid" in proc.stdout and "label '?'" in proc.stderr
+    assert "ok for a study: it drops and counts the 1 invalid records" in proc.stdout
+    prepare = run_cli("prepare", "--data-dir", str(tmp_path / "data"))
+    assert prepare.returncode == 0 and "ok for a study" in prepare.stdout, prepare.stderr
     assert_user_error(run_cli("data", "check", "--strict", str(tmp_path / "data")), "toy_test_10.json", "record 1")
     assert_user_error(run_cli("data", "check", str(tmp_path / "missing")), "data directory not found")
+    write_json(folder / "bad_test_2.json", [{"input": "", "output": "positive"}, {"input": "y", "output": "maybe"}])
+    proc = run_cli("data", "check", str(tmp_path / "data"))
+    assert proc.returncode == 1 and "1 files have no usable record" in proc.stdout
+    assert "bad_test_2.json: no usable record" in proc.stderr
+    assert run_cli("prepare", "--data-dir", str(tmp_path / "data")).returncode == 1
+
+
+def test_data_check_of_the_paper_data_lists_every_problem_and_exits_0(paper_data):
+    """The published paper data has 27 invalid records (empty texts), all of which a study drops: exit 0, each
+    listed, or counted as "and N more" per file (the loader keeps the first few messages of a file)."""
+    proc = run_cli("data", "check", str(paper_data))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "27 invalid" in proc.stdout and "ok for a study" in proc.stdout
+    listed = [line for line in proc.stderr.splitlines() if line.startswith("invalid: ") and "record " in line]
+    more = [int(m) for m in re.findall(r": and (\d+) more$", proc.stderr, re.M)]
+    assert len(listed) + sum(more) == 27 and more, proc.stderr
+    env = run_cli("data", "check", env={"FTGEN_DATA_DIR": str(paper_data)})  # the directory from the environment
+    assert env.returncode == 0 and env.stdout == proc.stdout
 
 
 def test_user_task_data_in_paper_layout(tmp_path):

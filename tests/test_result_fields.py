@@ -63,9 +63,11 @@ TRAIN_FLIPS = {
     "clean_checkpoints": False,
     "log_every": 5,
     "eval_loss": True,
+    "report_to": ["tensorboard"],
+    "run_name": "another-name",
 }
 TRAIN_SETTINGS = {"data_dir", "task_dirs", "save_every", "keep_checkpoints", "clean_checkpoints", "log_every"}
-TRAIN_SETTINGS |= {"eval_loss"}
+TRAIN_SETTINGS |= {"eval_loss", "report_to", "run_name"}
 
 EVAL_BASE = dict(task="sentiment", test_set="sst2", shots=0, fmt=0, scoring="sum", max_new_tokens=None)
 EVAL_BASE |= dict(max_length=None, dtype="auto", limit=8, skip_invalid=True, batch_size=16, threads=None)

@@ -112,7 +112,7 @@ def test_local_order_failures_and_retry(paper_data, tmp_path, fake_units):
     fake_units.fail = set()
     counts = _session(plan, tmp_path, fake_units)
     assert counts == {"cells done": 1} and fake_units.calls == [
-        f"eval {bad} on {tmp_path / 'runs' / plan.runs[1].key / 'model'}"
+        f"eval {bad} on {tmp_path / 'runs' / plan.runs[1].dir_name / 'model'}"
     ]
     with Store.open_reader(tmp_path) as s:
         assert s.counts()["cells"]["done"] == N_CELLS and len(s.rows("cells")) == N_CELLS
@@ -126,7 +126,7 @@ def test_a_lost_model_is_trained_again_before_its_cells(paper_data, tmp_path, fa
     first = plan.cells_of(run.key)[0].key
     fake_units.fail = {first}
     _session(plan, tmp_path, fake_units)
-    (tmp_path / "runs" / run.key / "model" / "weights.bin").unlink()  # the model no longer matches its manifest
+    (tmp_path / "runs" / run.dir_name / "model" / "weights.bin").unlink()  # the model no longer matches its manifest
     fake_units.calls.clear()
     fake_units.fail = set()
     _session(plan, tmp_path, fake_units)

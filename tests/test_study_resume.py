@@ -82,7 +82,7 @@ def test_a_stopped_study_resumes_after_its_data_dir_moved(paper_data, tmp_path, 
     s = run_study(cfg, out, data_dir=first, units=KilledAfterOneStep())
     assert s["runs"]["failed"] == 1
     (run,) = load_plan(cfg, first).runs
-    assert [p.name for p in (out / "runs" / run.key / "checkpoints").iterdir()] == ["step-1"]
+    assert [p.name for p in (out / "runs" / run.dir_name / "checkpoints").iterdir()] == ["step-1"]
 
     moved = tmp_path / "moved-data"
     os.replace(first, moved)
@@ -93,7 +93,7 @@ def test_a_stopped_study_resumes_after_its_data_dir_moved(paper_data, tmp_path, 
     # the same weights as a run that was never interrupted (the run's own config, the new place)
     straight = TrainConfig(**(run.config.model_dump() | {"data_dir": str(moved)}))
     train(straight, tmp_path / "straight")
-    assert_same_weights(tmp_path / "straight" / "model", out / "runs" / run.key / "model")
+    assert_same_weights(tmp_path / "straight" / "model", out / "runs" / run.dir_name / "model")
     assert run_study(cfg, out, data_dir=moved)["did"] == {}  # nothing left, nothing refused
 
 

@@ -365,7 +365,7 @@ def test_resume_refuses_a_changed_config(tiny_model, paper_data, tmp_path):
 def test_resume_after_sigkill(tiny_model, paper_data, tmp_path):
     """A real `ftgen train` process killed with SIGKILL mid-run, resumed: same weights as a straight run."""
     args = ["train", "--model", tiny_model, "--task", "sentiment", "--train-size", "24", "--data-dir"]
-    args += [str(paper_data), "--epochs", "2", "--lr", "1e-3", "--batch-size", "4", "--micro-batch-size", "2"]
+    args += [str(paper_data), "--epochs", "2", "--lr", "1e-3", "--effective-batch-size", "4", "--micro-batch-size", "2"]
     args += ["--max-length", "96", "--save-every", "2"]
     code = "import sys; from ftgen.cli import main; sys.argv[0] = 'ftgen'; main()"
     env = {**os.environ, "FTGEN_QUIET": "1"}

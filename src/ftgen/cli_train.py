@@ -1,13 +1,19 @@
 """`ftgen train`, generated from ftgen.config.TrainConfig: one option per field (`--field-name`, or the name in
-TRAIN_FLAG_NAMES), with the field's description and default as its help, so the command and the model cannot
-drift apart. Unset options leave the field to the --config file or the model's default. Errors name the flag
-the user typed (`--lr`), or the field where it came from the --config file.
+TRAIN_FLAG_NAMES), with the field's description as its help and its default shown as `[default: X]`, so the
+command and the model cannot drift apart. Unset options leave the field to the --config file or the model's
+default. Errors name the flag the user typed (`--lr`), or the field where it came from the --config file.
+
+`--effective-batch-size` is the field `batch_size` (examples per optimizer step): across ftgen's commands
+`--batch-size` means records per forward pass, as in lm-evaluation-harness. The old spelling `--batch-size`
+still works here, with a deprecation note. `--data-dir` defaults to FTGEN_DATA_DIR when neither the flag nor
+the --config file names the data.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -16,9 +22,11 @@ from typing import Any
 
 import typer
 
+from ftgen.cli_common import DATA_DIR_ENV, from_env, with_default
 from ftgen.errors import UserError
 
-TRAIN_FLAG_NAMES = {"task_dirs": "--task-dir"}  # a field whose flag is not --field-name
+TRAIN_FLAG_NAMES = {"task_dirs": "--task-dir", "batch_size": "--effective-batch-size"}  # flag != --field-name
+DEPRECATED_FLAGS = {"--batch-size": "batch_size"}  # old spelling -> field: still accepted, with a note
 
 
 def train_flag(name: str) -> str:
@@ -38,18 +46,21 @@ def _plain_type(annotation: Any) -> Any:
 
 
 def _train_option(name: str, info) -> inspect.Parameter:
-    """The `ftgen train` option of one TrainConfig field: its description and default as help."""
+    """The `ftgen train` option of one TrainConfig field: its description as help, its default shown."""
     if info.is_required():
-        shown = "required, here or in --config"
+        shown = "required here or in --config"
     else:
         default = info.get_default(call_default_factory=True)
         shown = "unset" if default in (None, []) else ",".join(default) if isinstance(default, list) else str(default)
-        shown = f"default: {shown}"
-    if typing.get_origin(info.annotation) is typing.Literal:
-        shown = f"one of {', '.join(typing.get_args(info.annotation))}; {shown}"
-    help_text = f"{(info.description or name.replace('_', ' ')).rstrip('.')}. ({shown})"
+    description = (info.description or name.replace("_", " ")).rstrip(".")
+    help_text = description[0].upper() + description[1:] + "."
+    literal = [a for a in typing.get_args(info.annotation) if typing.get_origin(a) is typing.Literal]
+    choices = typing.get_args(literal[0] if literal else info.annotation)
+    if typing.get_origin(info.annotation) is typing.Literal or literal:
+        help_text += f" One of {', '.join(map(str, choices))}."
     kind = _plain_type(info.annotation)
     flag = train_flag(name)
+    extra: dict[str, Any] = {}
     if name == "task_dirs":
         kind = list[Path] | None
     elif kind is bool:
@@ -57,11 +68,15 @@ def _train_option(name: str, info) -> inspect.Parameter:
         kind = bool | None
     else:
         kind = kind | None
-    option = typer.Option(None, flag, help=help_text, show_default=False)
+    if name == "data_dir":
+        extra = {"envvar": DATA_DIR_ENV, "show_envvar": True}
+    option = typer.Option(None, flag, help=with_default(help_text, shown), show_default=False, **extra)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
 
 
-def _train_command(out: Path, config: Path | None, resume: bool, **options: Any) -> None:
+def _train_command(
+    ctx: typer.Context, out: Path, config: Path | None, resume: bool, batch_size_old: int | None, **options: Any
+) -> None:
     """Fine-tune a model on one task's training set (full or LoRA, optionally with in-context examples)."""
     from ftgen.config import FieldError, parse_train_config
     from ftgen.files import read_yaml
@@ -72,6 +87,12 @@ def _train_command(out: Path, config: Path | None, resume: bool, **options: Any)
         values = read_yaml(config)
         if not isinstance(values, dict):
             raise UserError(f"{config}: expected a mapping of training fields")
+    if batch_size_old is not None:
+        if options["batch_size"] is not None:
+            raise UserError("--batch-size: give --effective-batch-size alone (--batch-size is its old name)")
+        options["batch_size"] = batch_size_old
+    if from_env(ctx, "data_dir") and "data_dir" in values:
+        options["data_dir"] = None  # the --config file names its data: FTGEN_DATA_DIR is only the fallback
     flagged = {name: value for name, value in options.items() if value is not None}
     values |= flagged
     if "data_dir" in flagged:
@@ -81,6 +102,8 @@ def _train_command(out: Path, config: Path | None, resume: bool, **options: Any)
     if "task" not in values:
         raise UserError("give --task (or a --config file naming the task)")
     flags = {name: train_flag(name) for name in flagged}
+    if from_env(ctx, "data_dir") and "data_dir" in flags:
+        flags["data_dir"] = DATA_DIR_ENV  # an error names where the value came from
     cfg = parse_train_config(values, str(config) if config else "train options", rename=flags)
     try:
         s = train(cfg, out, resume=resume)
@@ -98,7 +121,13 @@ def _train_command(out: Path, config: Path | None, resume: bool, **options: Any)
     )
     if s["loss_before"] is not None:
         print(f"train-set loss per response token: {s['loss_before']:.4f} before, {s['loss_after']:.4f} after")
-    print(f"model: {s['model_dir']}")
+    print(f"model: {Path(out) / s['model_dir']}")
+    if batch_size_old is not None:  # said once the run is done: a refused command prints one error line only
+        print(
+            "ftgen train: note: --batch-size is deprecated here: say --effective-batch-size (examples per optimizer "
+            "step); --batch-size means records per forward pass in ftgen eval",
+            file=sys.stderr,
+        )
 
 
 def train_command() -> Callable[..., None]:
@@ -106,6 +135,7 @@ def train_command() -> Callable[..., None]:
     from ftgen.config import TrainConfig
 
     fixed = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
         inspect.Parameter(
             "out",
             inspect.Parameter.KEYWORD_ONLY,
@@ -121,8 +151,14 @@ def train_command() -> Callable[..., None]:
         inspect.Parameter(
             "resume",
             inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out."),
+            default=typer.Option(False, "--resume/--no-resume", help="Continue from the latest checkpoint in --out."),
             annotation=bool,
+        ),
+        inspect.Parameter(
+            "batch_size_old",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, "--batch-size", hidden=True, help="Old name of --effective-batch-size."),
+            annotation=int | None,
         ),
     ]
     params = fixed + [_train_option(name, info) for name, info in TrainConfig.model_fields.items()]

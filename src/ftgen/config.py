@@ -74,6 +74,7 @@ def changed_result_fields(model: type[BaseModel], old: dict, new: dict) -> list[
 Dtype = Literal["auto", "bf16", "fp16", "fp32"]
 Scoring = Literal["sum", "mean", "first-token"]
 LrSchedule = Literal["linear", "cosine", "constant"]
+Tracker = Literal["tensorboard", "wandb"]
 
 BIG = 10**9  # a bound for counts that only needs to stop absurd values (and 5000-digit integers)
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # numpy seeds must fit 32 bits
@@ -128,7 +129,7 @@ class TrainConfig(BaseModel):
     fticl_pool: str | None = Field(None, description="few-shot pool (test set name); default: the train set's")
 
     lora_r: int | None = Field(None, ge=1, le=4096, description="LoRA rank; None = full fine-tuning")
-    lora_alpha: PositiveFinite | None = Field(None, description="LoRA alpha (default 2 x rank)")
+    lora_alpha: PositiveFinite | None = Field(None, description="LoRA alpha (unset: 2 x rank)")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
     lora_targets: list[str] = Field(
         default_factory=lambda: ["all-linear"], description="module names to adapt (comma list)"
@@ -143,13 +144,26 @@ class TrainConfig(BaseModel):
     clean_checkpoints: bool = setting(True, "delete checkpoints/ once the final model is saved")
     log_every: Count = setting(1, "progress-bar update period in steps")
     eval_loss: bool = setting(False, "measure the train-set loss before and after training (forward only)")
+    report_to: list[Tracker] = setting(
+        default_factory=list,
+        description="experiment trackers that get loss, lr and grad norm per step: tensorboard, wandb (comma list; "
+        "W&B offline unless WANDB_MODE says otherwise)",
+    )
+    run_name: str | None = setting(
+        None, "the run's readable name: the title of loss.png, the trackers' run name", max_length=200
+    )
 
-    @field_validator("lora_targets", "task_dirs", mode="before")
+    @field_validator("lora_targets", "task_dirs", "report_to", mode="before")
     @classmethod
     def _split_commas(cls, v):
         if isinstance(v, str):
             return [s.strip() for s in v.split(",") if s.strip()]
         return v
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers(cls, v: list[str]) -> list[str]:
+        return _distinct(v, "trackers")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -321,6 +335,10 @@ class StudyConfig(_Frozen):
     )
     ray: RayOptions = RayOptions()
     analysis: AnalysisSpec = AnalysisSpec()
+    keep_models: bool = Field(
+        True, description="false: delete each trained model once its cells are done and its drift measured"
+    )
+    export: bool = Field(False, description="after the study: write OUT/export (results.json, predictions.jsonl)")
 
     @field_validator("models")
     @classmethod
@@ -342,6 +360,7 @@ STUDY_OWNED_TRAIN_FIELDS = {
     "fticl_shots": "methods.N.shots",
     "lora_r": "methods.N.lora_r",
     "lora_alpha": "methods.N.lora_alpha",
+    "run_name": "(nothing: the study names each run after its coordinates)",
 }
 
 

@@ -139,6 +139,13 @@ def save_calibration(plan: Plan, store: Store, finished: set[str]) -> None:
             pass  # a read-only cache only loses the calibration
 
 
+def estimate_at_once(cfg) -> int:
+    """Units the study runs at once: its local workers, or the Ray cluster's CPUs per evaluation unit."""
+    if cfg.executor == "ray":
+        return max(1, int((cfg.ray.num_cpus or os.cpu_count() or 1) // cfg.ray.eval_cpus))
+    return cfg.workers
+
+
 def estimate(plan: Plan, done_keys: set[str] = frozenset()) -> dict:
     """Seconds for the units not done yet, calibrated by the last study measured on this machine."""
     cal = load_calibration()
@@ -150,11 +157,7 @@ def estimate(plan: Plan, done_keys: set[str] = frozenset()) -> dict:
             by_kind[kind] += seconds * cal.get(kind, 1.0)
     models = {c.run.key if c.run else c.model for c in plan.cells if c.key not in done_keys}
     eval_s = by_kind["classify"] + by_kind["generate"] + len(models) * CPU_MODEL_LOAD_S
-    cfg = plan.cfg
-    if cfg.executor == "ray":
-        at_once = max(1, int((cfg.ray.num_cpus or os.cpu_count() or 1) // cfg.ray.eval_cpus))
-    else:
-        at_once = cfg.workers
+    at_once = estimate_at_once(plan.cfg)
     return {
         "train_s": by_kind["train"],
         "eval_s": eval_s,
@@ -162,4 +165,118 @@ def estimate(plan: Plan, done_keys: set[str] = frozenset()) -> dict:
         "total_s": (by_kind["train"] + eval_s) / at_once,
         "calibrated": bool(cal),
         "calibration": cal,
+    }
+
+
+# ---------------------------------------------------------------- disk
+
+
+def model_config(model: str) -> dict | None:
+    """The config.json of a model if it is on this machine (the default model's cache, a local dir, the Hugging
+    Face cache); None otherwise. Never downloads."""
+    from ftgen.models import DEFAULT_MODEL, cache_dir
+
+    candidates = [cache_dir() / "models" / DEFAULT_MODEL] if model in ("default", DEFAULT_MODEL) else [Path(model)]
+    for folder in candidates:
+        try:
+            return json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            pass
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(model, "config.json")
+        return json.loads(Path(path).read_text()) if isinstance(path, str) else None
+    except Exception:  # not a Hub id, no cache: the name's guess below
+        return None
+
+
+def _shape(model: str) -> dict:
+    """Hidden size, layers, MLP size, attention and key/value widths, vocabulary, tied embeddings: from the model's
+    config.json, else guessed from its parameter count with Llama-2's proportions (layers = hidden / 128,
+    MLP = 2.7 x hidden)."""
+    c = model_config(model) or {}
+    if all(k in c for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads")):
+        d, heads = c["hidden_size"], c["num_attention_heads"]
+        head_dim = c.get("head_dim") or d // heads
+        return {
+            "d": d,
+            "layers": c["num_hidden_layers"],
+            "ff": c["intermediate_size"],
+            "q": heads * head_dim,
+            "kv": c.get("num_key_value_heads", heads) * head_dim,
+            "vocab": c.get("vocab_size", 32000),
+            "tied": bool(c.get("tie_word_embeddings", False)),
+            "exact": True,
+        }
+    d = round((param_count(model) * 128 / 12) ** (1 / 3))
+    return {"d": d, "layers": max(1, d // 128), "ff": int(2.7 * d), "q": d, "kv": d, "vocab": 32000, "tied": False}
+
+
+def params_of(shape: dict) -> int:
+    """Parameters of a Llama-shaped model."""
+    d, ff, q, kv = shape["d"], shape["ff"], shape["q"], shape["kv"]
+    layer = d * q + 2 * d * kv + q * d + 3 * d * ff + 2 * d
+    return shape["vocab"] * d * (1 if shape["tied"] else 2) + shape["layers"] * layer + d
+
+
+def lora_params(shape: dict, r: int, targets: list[str]) -> int:
+    """Parameters of a LoRA adapter of rank r: r x (fan-in + fan-out) per adapted linear layer (all-linear:
+    every linear layer of the blocks; PEFT leaves the LM head out)."""
+    d, ff, q, kv = shape["d"], shape["ff"], shape["q"], shape["kv"]
+    shapes = {
+        "q_proj": (d, q),
+        "k_proj": (d, kv),
+        "v_proj": (d, kv),
+        "o_proj": (q, d),
+        "gate_proj": (d, ff),
+        "up_proj": (d, ff),
+        "down_proj": (ff, d),
+    }
+    chosen = shapes if targets == ["all-linear"] else {k: v for k, v in shapes.items() if k in targets}
+    return shape["layers"] * r * sum(i + o for i, o in chosen.values())
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def disk_estimate(plan: Plan) -> dict:
+    """Disk a study's trained models take (the results store and logs are small beside them).
+
+    Per run: a full fine-tune saves the fp32 weights, 4 B x params (safetensors; the tokenizer adds a few MB);
+    a LoRA run its fp32 adapter. While a run trains with `save_every`, each checkpoint holds the fp32 weights and
+    AdamW's two moments of the trained parameters (4 B x params + 8 B x trained); keep_checkpoints of them stay,
+    plus the one being written. `keep_models: false` keeps at most one model per unit running at once.
+    """
+    cfg = plan.cfg
+    shapes = {m: _shape(m) for m in cfg.models}
+    finals, ckpts, lines = [], [], {}
+    for run in plan.runs:
+        shape = shapes[run.model]
+        n = params_of(shape)
+        tc = run.config
+        trained = lora_params(shape, tc.lora_r, tc.lora_targets) if tc.lora_r else n
+        finals.append(4 * trained)
+        ckpts.append((4 * n + 8 * trained) * (tc.keep_checkpoints + 1) if tc.save_every else 0)
+        how = "exact shape" if shape.get("exact") else "shape guessed from the name"
+        kind = f"LoRA r={tc.lora_r} adapter" if tc.lora_r else "full fp32 checkpoint"
+        lines.setdefault(
+            (run.model, kind), f"{run.model}: {n / 1e9:.2f}B params ({how}); {kind} {fmt_bytes(4 * trained)}"
+        )
+    at_once = estimate_at_once(cfg)
+    alive = len(finals) if cfg.keep_models else min(len(finals), at_once)
+    models = sum(finals) if cfg.keep_models else sum(sorted(finals)[-alive:]) if finals else 0
+    checkpoints = sum(sorted(ckpts)[-at_once:]) if ckpts else 0
+    return {
+        "runs": len(finals),
+        "keep_models": cfg.keep_models,
+        "models_alive": alive,
+        "models_bytes": models,
+        "checkpoints_bytes": checkpoints,
+        "total_bytes": models + checkpoints,
+        "models": list(lines.values()),
     }

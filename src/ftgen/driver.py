@@ -6,6 +6,11 @@ otherwise). A done run whose saved model no longer matches its manifest is train
 A failed run fails its pending cells; the study goes on with the rest.
 
     Driver(plan, store, executor).run()      # -> counts; `finished` holds the keys done this time
+    Driver(plan, store, executor, selected=keys)   # only these units (`ftgen study --only`); the rest stay pending
+
+Each run's files go to its readable directory (ftgen.store.run_dir). With `keep_models: false` a run's model
+is deleted once every cell of the run (in the whole plan, not only the selected part) is done; its drift was
+measured with the training. A later plan that needs it again (a new test set, say) trains it again.
 
 The executor (ftgen.executors) decides where units run and holds the unit bodies (ftgen.units.Units, or
 stand-ins in tests).
@@ -19,6 +24,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from ftgen import progress
@@ -38,12 +44,14 @@ def error_line(err: BaseException) -> str:
 class Driver:
     """Runs every unit of `plan` not done in `store` on `executor`; records results as they come."""
 
-    def __init__(self, plan: Plan, store: Store, executor: Any):
+    def __init__(self, plan: Plan, store: Store, executor: Any, selected: set[str] | None = None):
         self.plan, self.store, self.executor = plan, store, executor
         self.runs_dir = store.out_dir / "runs"
-        status = {r["key"]: r["status"] for t in ("runs", "cells") for r in store.rows(t)}
-        self.todo_cells = {c.key for c in plan.cells if status[c.key] != "done"}
-        self.total = sum(status[r.key] != "done" for r in plan.runs) + len(self.todo_cells)
+        self.status = {r["key"]: r["status"] for t in ("runs", "cells") for r in store.rows(t)}
+        self.selected = selected
+        self.todo_cells = {c.key for c in plan.cells if self.status[c.key] != "done" and self.wanted(c.key)}
+        todo_runs = [r for r in plan.runs if self.status[r.key] != "done" and self.wanted(r.key)]
+        self.total = len(todo_runs) + len(self.todo_cells)
         self.jobs: dict[int, RunSpec | CellSpec] = {}
         self.counts: Counter = Counter()
         self.finished: set[str] = set()  # keys of the units done by this driver
@@ -69,8 +77,14 @@ class Driver:
 
     # ------------------------------------------------------------------ submitting
 
-    def model_dir(self, run: RunSpec):
-        return (self.runs_dir / run.key / "model").absolute()  # not the stored model_dir: the study may have moved
+    def wanted(self, key: str) -> bool:
+        return self.selected is None or key in self.selected
+
+    def run_dir(self, run: RunSpec) -> Path:
+        return self.store.run_dir(run.row())
+
+    def model_dir(self, run: RunSpec) -> Path:
+        return (self.run_dir(run) / "model").absolute()  # not the stored model_dir: the study may have moved
 
     def submit_all(self) -> None:
         for model in self.plan.cfg.models:
@@ -79,18 +93,39 @@ class Driver:
             row = self.store.get("runs", run.key)
             pending = [c for c in self.plan.cells_of(run.key) if c.key in self.todo_cells]
             if row["status"] != "done":
-                self.submit_train(run)
+                if self.wanted(run.key):
+                    self.submit_train(run)
             elif pending and manifest(self.model_dir(run)) != _json(row["manifest"]):
-                progress.log(f"study: the saved model of {run.slot} changed on disk: training it again")
+                why = "was deleted (keep_models: false)" if row.get("model_deleted") else "changed on disk"
+                progress.log(
+                    f"study: the saved model of {run.dir_name} {why}: training it again for {len(pending)} cells"
+                )
                 self.store.reopen_run(run.key)
-                trash = self.runs_dir / f".trash-{run.key}"  # rename first: a kill mid-delete leaves no half run dir
-                shutil.rmtree(trash, ignore_errors=True)
-                os.replace(self.runs_dir / run.key, trash)
-                shutil.rmtree(trash, ignore_errors=True)
+                self.remove(self.run_dir(run), run.key)
                 self.bar.total += 1
                 self.submit_train(run)
-            else:
+            elif pending:
                 self.submit_cells(pending, str(self.model_dir(run)))
+            elif not self.plan.cfg.keep_models and self.model_dir(run).exists():
+                self.drop_model(run)  # its cells were done before a kill let it delete the model
+
+    def remove(self, path: Path, key: str) -> None:
+        """Delete a directory: renamed first, so a kill mid-delete leaves a hidden leftover, never half of it."""
+        if not path.exists():
+            return
+        trash = self.runs_dir / f".trash-{key}"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def drop_model(self, run: RunSpec) -> None:
+        """keep_models: false: the run's model (and any checkpoints) go; its summary, logs and drift stay."""
+        self.store.mark_model_deleted(run.key)
+        for name in ("model", "checkpoints"):
+            self.remove(self.run_dir(run) / name, run.key)
+
+    def all_cells_done(self, run: RunSpec) -> bool:
+        return all(self.status[c.key] == "done" or c.key in self.finished for c in self.plan.cells_of(run.key))
 
     def submit_cells(self, cells: list[CellSpec], model_path: str) -> None:
         cfg = self.plan.cfg
@@ -105,7 +140,7 @@ class Driver:
         drift = None
         if cfg.analysis.drift:
             drift = DriftSpec(run.model, tuple(self.plan.resolved.tasks), cfg.analysis.probe_records)
-        job = TrainJob(run.key, run.config, str(self.runs_dir / run.key), cfg.threads, drift)
+        job = TrainJob(run.key, run.config, str(self.run_dir(run)), cfg.threads, drift)
         self.jobs[self.executor.submit("train", job)] = run
 
     # ------------------------------------------------------------------ recording
@@ -114,7 +149,7 @@ class Driver:
         if error is None:
             self.store.finish_run(
                 run.key,
-                model_dir=f"runs/{run.key}/model",
+                model_dir=str((self.run_dir(run) / "model").relative_to(self.store.out_dir)),
                 manifest=result["manifest"],
                 summary=result["summary"],
                 seconds=result["seconds"],
@@ -125,6 +160,8 @@ class Driver:
             loss = f"loss {s.get('loss_first_epoch') or 0:.3f} -> {s.get('loss_last_epoch') or 0:.3f}"
             self.log_done(run, result["seconds"], loss)
             self.submit_cells(self.plan.cells_of(run.key), str(self.model_dir(run)))
+            if not self.plan.cfg.keep_models and self.all_cells_done(run):
+                self.drop_model(run)  # no cell left to run on it (all done earlier)
             return
         line = error_line(error)
         self.store.fail("runs", run.key, line)
@@ -145,6 +182,8 @@ class Driver:
             self.finished.add(cell.key)
             m = result["metrics"]
             self.log_done(cell, result["seconds"], f"{m['metric']} {m['score']:.1f} (n={m['n']})")
+            if cell.run is not None and not self.plan.cfg.keep_models and self.all_cells_done(cell.run):
+                self.drop_model(cell.run)
             return
         line = error_line(error)
         self.store.fail("cells", cell.key, line)

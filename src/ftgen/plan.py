@@ -37,6 +37,7 @@ from ftgen.config import (
 from ftgen.errors import UserError, parse_fields
 from ftgen.files import read_yaml
 from ftgen.store import CELL_COORDS, RUN_COORDS, Store, canonical_json
+from ftgen.study_files import run_dir_name
 from ftgen.tasks import TaskDef
 from ftgen.validate import Resolved, resolve_paths, validate_study
 
@@ -102,6 +103,11 @@ class RunSpec:
     def row(self) -> dict:
         coords = {c: getattr(self, c) for c in RUN_COORDS}
         return {"key": self.key, "slot": self.slot, **coords, "config": canonical_json(self.identity)}
+
+    @property
+    def dir_name(self) -> str:
+        """Its directory under OUT/runs/: `sentiment-amazon-n2000-fticl-lr2e-05-ep2-s0-1834dd` (store.run_dir_name)."""
+        return run_dir_name({c: getattr(self, c) for c in RUN_COORDS}, self.key)
 
     @property
     def name(self) -> str:
@@ -213,7 +219,9 @@ def _run_spec(resolved: Resolved, i: int, method: Method, grid: tuple, hashes: F
     }
     identity = run_identity(tc, task, data)
     coords = (model, task.name, train_set, size, method.display, lr, epochs, seed)
-    return RunSpec(unit_key(identity), *coords, k, method.lora_r, tc, identity)
+    spec = RunSpec(unit_key(identity), *coords, k, method.lora_r, tc, identity)
+    spec.config = tc.model_copy(update={"run_name": spec.dir_name})  # a setting: the key stays as it is
+    return spec
 
 
 def eval_params(resolved: Resolved, task: TaskDef, test_set: str, shots: int, fmt: int) -> EvalParams:
@@ -272,6 +280,7 @@ def build_plan(resolved: Resolved) -> Plan:
         for size, method, lr, epochs, seed in itertools.product(entry.sizes, cfg.methods, h.lr, h.epochs, h.seeds)
     ]
     assert len({r.slot for r in runs}) == len(runs), "two training runs share a slot"
+    assert len({r.dir_name for r in runs}) == len(runs), "two training runs share a directory name"
     twins = [(a, b) for a, b in itertools.combinations(runs, 2) if a.key == b.key]
     if twins:
         a, b = twins[0]
@@ -377,3 +386,46 @@ def _stored_identity(row: dict) -> dict:
         return json.loads(row["config"])
     except (TypeError, ValueError):  # a damaged row: every field shows as changed
         return {}
+
+
+# ---------------------------------------------------------------- a subset: `ftgen study --only TASK`
+
+
+def check_only(plan: Plan, only: list[str]) -> None:
+    """Every name given to --only is a train task or an evaluated task of the study."""
+    train = list(dict.fromkeys(r.train_task for r in plan.runs))
+    tested = list(plan.resolved.test_sets)
+    for name in only:
+        if name not in train and name not in tested:
+            raise UserError(
+                f"--only: '{name}' is neither a train task ({', '.join(train) or 'none'}) nor a test task "
+                f"({', '.join(tested)}) of study {plan.cfg.name}"
+            )
+
+
+def select_units(plan: Plan, only: list[str], trained: set[str] = frozenset()) -> set[str]:
+    """Keys of the units `ftgen study --only TASK...` runs; the others stay pending for a later run.
+
+    - the training runs on TASK, and every cell of them (all test sets: ID, OOD, cross-task);
+    - the cells on TASK's test sets of every model that exists: the base model, and runs already trained
+      (a run not on TASK is never trained, and a run whose model was deleted is left for later);
+    - the base model's cells that the selected cells need for their deltas.
+
+    `trained`: keys of the runs done whose model is there (Store.trained_runs).
+    """
+    check_only(plan, only)
+    wanted = set(only)
+    runs = {r.key for r in plan.runs if r.train_task in wanted}
+    have_model = set(trained)
+    cells = {
+        c.key
+        for c in plan.cells
+        if c.run is not None and (c.run.key in runs or (c.test_task in wanted and c.run.key in have_model))
+    }
+    tuned = {(c.model, c.test_task, c.test_set, c.shots, c.fmt) for c in plan.cells if c.key in cells}
+    cells |= {
+        c.key
+        for c in plan.cells
+        if c.run is None and (c.test_task in wanted or (c.model, c.test_task, c.test_set, c.shots, c.fmt) in tuned)
+    }
+    return runs | cells

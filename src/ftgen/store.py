@@ -26,27 +26,28 @@ in it (a dead study's pid may belong to another process by now). A damaged store
 that is not JSON, a done cell without its score) never gives a traceback: `check` lists each problem in one
 line, and readers that cannot go on refuse in one line.
 
-The directory also holds the trained models (`runs/<key>/model`, each recorded with its `manifest`: the
-sha256 of its files) and, after a kill, hidden temp files of interrupted writes (`leftovers`).
+The study directory also holds one folder per training run, named for people, the model manifests and the
+leftovers of killed writes (ftgen.study_files). A study from before readable run names holds `runs/<key>/`:
+`name_run_dirs` renames them when a study starts. A study with `keep_models: false` deletes a model once its
+cells are done: the run stays done, its row records when (`model_deleted`).
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
-import shutil
 import socket
 import sqlite3
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from ftgen.errors import UserError, one_line
 from ftgen.files import WRITE_ERRNOS, write_error_line
+from ftgen.study_files import leftovers, manifest, remove_leftovers, run_dir, run_dir_name  # noqa: F401 (re-exported)
 
 DB_NAME = "results.sqlite"
 LOCK_NAME = ".lock"
@@ -85,7 +86,7 @@ SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     key TEXT PRIMARY KEY, slot TEXT NOT NULL, {_RUN_COORD_SQL},{_STATE},
-    model_dir TEXT, manifest TEXT, summary TEXT
+    model_dir TEXT, manifest TEXT, summary TEXT, model_deleted REAL
 );
 CREATE TABLE IF NOT EXISTS cells (
     key TEXT PRIMARY KEY, slot TEXT NOT NULL, run_key TEXT, {_RUN_COORD_SQL},
@@ -99,6 +100,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS runs_live_slot ON runs(slot) WHERE status != '
 CREATE UNIQUE INDEX IF NOT EXISTS cells_live_slot ON cells(slot) WHERE status != 'superseded';
 CREATE INDEX IF NOT EXISTS cells_run ON cells(run_key);
 """
+
+# Columns added after SCHEMA_VERSION 1 was released: added to older stores when a study opens them.
+ADDED_COLUMNS = {"runs": {"model_deleted": "REAL"}}
 
 RUN_COLUMNS = ("key", "slot", *RUN_COORDS, "config")
 CELL_COLUMNS = ("key", "slot", "run_key", *RUN_COORDS, *CELL_COORDS, "config")
@@ -249,6 +253,11 @@ class Store:
                 conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             elif version[0] != str(SCHEMA_VERSION):
                 raise UserError(f"{self.path}: results store schema {version[0]}, expected {SCHEMA_VERSION}")
+            for table, columns in ADDED_COLUMNS.items():
+                have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+                for name, kind in columns.items():
+                    if name not in have:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     @classmethod
     def open_reader(cls, out_dir: str | Path) -> Store:
@@ -336,11 +345,44 @@ class Store:
             )
 
     def finish_run(self, key: str, *, model_dir: str, manifest: dict, summary: dict, seconds: float) -> None:
+        """A run done: `model_dir` relative to the study directory (it may move)."""
         with self.transaction() as c:
             c.execute(
-                "UPDATE runs SET status='done', model_dir=?, manifest=?, summary=?, finished=?, seconds=? WHERE key=?",
+                "UPDATE runs SET status='done', model_dir=?, manifest=?, summary=?, finished=?, seconds=?, "
+                "model_deleted=NULL WHERE key=?",
                 (model_dir, canonical_json(manifest), json.dumps(summary), time.time(), seconds, key),
             )
+
+    def mark_model_deleted(self, key: str) -> None:
+        """keep_models: false: the run's model is about to be deleted; the run stays done. Recorded first, so a
+        kill before the files are gone leaves a model that the next start deletes, never a 'missing' one."""
+        with self.transaction() as c:
+            c.execute("UPDATE runs SET model_deleted=? WHERE key=? AND status='done'", (time.time(), key))
+
+    def name_run_dirs(self) -> int:
+        """Rename the run directories of a study from before readable names (`runs/<key>`) to their readable
+        names, and record the new model paths. Under the study lock; a kill halfway leaves each directory under
+        one name or the other, and `run_dir` finds either."""
+        renamed = 0
+        for row in self.rows("runs"):
+            legacy = self.out_dir / "runs" / row["key"]
+            named = self.out_dir / "runs" / run_dir_name(row, row["key"])
+            if legacy.is_dir() and not named.exists():
+                os.replace(legacy, named)
+                renamed += 1
+            model_dir = str(named.relative_to(self.out_dir) / "model")
+            if row["model_dir"] not in (None, model_dir) and named.is_dir():
+                with self.transaction() as c:
+                    c.execute("UPDATE runs SET model_dir=? WHERE key=?", (model_dir, row["key"]))
+        return renamed
+
+    def trained_runs(self) -> set[str]:
+        """Keys of the runs done whose model was kept."""
+        return {r["key"] for r in self.rows("runs", "status='done'") if not r.get("model_deleted")}
+
+    def run_dir(self, row: Mapping) -> Path:
+        """The directory of a run (a store row, or anything with its key and RUN_COORDS)."""
+        return run_dir(self.out_dir, row)
 
     def finish_cell(self, key: str, *, metrics: dict, predictions: list[dict], seconds: float) -> None:
         """The cell's done status, metrics and predictions: one transaction."""
@@ -367,7 +409,9 @@ class Store:
     def reopen_run(self, key: str) -> None:
         """A done run whose model files no longer match their manifest: train it again."""
         with self.transaction() as c:
-            c.execute("UPDATE runs SET status='pending', manifest=NULL, summary=NULL WHERE key=?", (key,))
+            c.execute(
+                "UPDATE runs SET status='pending', manifest=NULL, summary=NULL, model_deleted=NULL WHERE key=?", (key,)
+            )
 
     # ------------------------------------------------------------------ reading
 
@@ -427,13 +471,17 @@ class Store:
             running = sum(self.counts()[t]["running"] for t in ("runs", "cells"))
         except sqlite3.DatabaseError:
             pass  # a damaged file: problems() says so
-        problems += [p for r in runs if (p := self._model_problem(r))]
+        deleted = [r for r in runs if r.get("model_deleted")]  # keep_models: false: gone on purpose
+        kept = [r for r in runs if not r.get("model_deleted")]
+        problems += [p for r in kept if (p := self._model_problem(r))]
         notes = []
+        if deleted:
+            notes.append(f"{len(deleted)} trained models deleted once their cells were done (keep_models: false)")
         if running and not lock_holder(self.out_dir):
             notes.append(f"{running} units left 'running' by a study that died: redone on the next run")
         if found := leftovers(self.out_dir):
             notes.append(f"{len(found)} temp files of interrupted writes (hidden; removed on the next run)")
-        return {"problems": [one_line(p) for p in problems], "notes": notes, "runs_checked": len(runs)}
+        return {"problems": [one_line(p) for p in problems], "notes": notes, "runs_checked": len(kept)}
 
     def require_sound(self) -> None:
         """For readers that use every finished row (the report): one UserError line if the store is damaged."""
@@ -470,10 +518,10 @@ class Store:
             if not isinstance(score, (int, float)) or not _is_json(metrics, dict):
                 problems.append(f"cell {key}: done without its score or readable metrics")
         sql = "SELECT key, status, config, summary, manifest FROM runs WHERE status != 'superseded'"
-        for key, status, config, summary, manifest in self.conn.execute(sql):
+        for key, status, config, summary, files in self.conn.execute(sql):
             if not _is_json(config, dict):
                 problems.append(f"run {key}: its config is not readable JSON")
-            if status == "done" and not (_is_json(summary, dict) and _is_json(manifest, dict)):
+            if status == "done" and not (_is_json(summary, dict) and _is_json(files, dict)):
                 problems.append(f"run {key}: done without a readable summary or manifest")
         return problems
 
@@ -511,7 +559,7 @@ class Store:
 
     def _model_problem(self, run: dict) -> str | None:
         """A done run's saved model: present, and its files as recorded when it finished."""
-        model_dir = self.out_dir / "runs" / run["key"] / "model"  # not run["model_dir"]: the study may have moved
+        model_dir = self.run_dir(run) / "model"  # not run["model_dir"]: the study may have moved
         if not model_dir.is_dir():
             return f"run {run['slot']}: done, but its model {model_dir} is missing"
         if manifest(model_dir) != json.loads(run["manifest"]):
@@ -527,38 +575,3 @@ def _is_json(text: object, kind: type) -> bool:
         return isinstance(text, str) and isinstance(json.loads(text), kind)
     except ValueError:
         return False
-
-
-def manifest(model_dir: str | Path) -> dict[str, str]:
-    """sha256 of every file of a saved model: recorded with its run, checked before its cells load it."""
-    root = Path(model_dir)
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 22), b""):
-                    h.update(chunk)
-            out[str(p.relative_to(root))] = h.hexdigest()
-    return out
-
-
-# Names of the temp files and dirs an interrupted write leaves (files.atomic_write_*, checkpoint.atomic_dir,
-# the trash of a run trained again): hidden, never read, removed when the study starts again.
-LEFTOVER_PATTERNS = (".*.tmp", ".*.tmp.*", ".*.old", ".trash-*")
-
-
-def leftovers(out: str | Path) -> list[Path]:
-    found = {p for pattern in LEFTOVER_PATTERNS for p in Path(out).rglob(pattern)}
-    return sorted(p for p in found if not any(q in found for q in p.parents))
-
-
-def remove_leftovers(out: str | Path) -> int:
-    """Delete what killed writes left behind (call under the study lock: no one else writes)."""
-    paths = leftovers(out)
-    for p in paths:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-    return len(paths)

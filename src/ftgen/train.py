@@ -52,6 +52,7 @@ from ftgen.errors import UserError
 from ftgen.files import atomic_write_json, atomic_write_jsonl, ensure_writable_dir, read_jsonl
 from ftgen.loss import ResponseLoss, check_response_loss, mean_loss
 from ftgen.loss import response_loss as response_loss  # re-exported: benchmarks import it from here
+from ftgen.trackers import check_trackers, end_trackers, log_step, make_trackers, start_trackers
 from ftgen.trainable import build_model, make_accelerator, make_optimizer, make_schedule, save_final
 
 # ---------------------------------------------------------------- data
@@ -124,8 +125,9 @@ def tokenize(cfg: TrainConfig, task, ds, shots: list[dict], tokenizer) -> TrainD
 # ---------------------------------------------------------------- logs
 
 
-def plot_loss(rows: list[dict], path: Path) -> None:
-    """loss.png: per-step training loss and its running mean."""
+def loss_figure(rows: list[dict], title: str):
+    """The figure of loss.png: the loss of each optimizer step and, with more than 20 steps, its running mean
+    (over a twentieth of the steps)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,19 +136,41 @@ def plot_loss(rows: list[dict], path: Path) -> None:
     steps = [r["step"] for r in rows]
     losses = [r["loss"] for r in rows]
     k = max(1, len(rows) // 20)
-    smooth = [sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1]) for i in range(len(rows))]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, losses, alpha=0.35, label="loss per step")
-    ax.plot(steps, smooth, label=f"running mean ({k} steps)")
+    few = len(rows) <= 20
+    ax.plot(steps, losses, alpha=1.0 if k == 1 else 0.35, marker="o" if few else None, label="loss per step")
+    if k > 1:  # a mean over one step is the loss itself
+        smooth = [sum(losses[max(0, i - k + 1) : i + 1]) / min(k, i + 1) for i in range(len(rows))]
+        ax.plot(steps, smooth, label=f"running mean ({k} steps)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy per response token")
-    ax.set_title(path.parent.name)
+    ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_loss(rows: list[dict], path: Path, title: str) -> None:
+    """loss.png (see loss_figure), written atomically."""
+    import matplotlib.pyplot as plt
+
+    fig = loss_figure(rows, title)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def method_label(cfg: TrainConfig) -> str:
+    """`FT`, `FTICL k=2`, `FT, LoRA r=8`: how the run was fine-tuned."""
+    label = f"FTICL k={cfg.fticl_shots}" if cfg.fticl_shots else "FT"
+    return label + (f", QLoRA r={cfg.lora_r}" if cfg.qlora else f", LoRA r={cfg.lora_r}" if cfg.lora_r else "")
+
+
+def run_title(cfg: TrainConfig, task: str, train_set: str, records: int, out: Path) -> str:
+    """loss.png's title: the run's readable name, then what it trained on and how."""
+    what = f"{task}/{train_set}, {records} records, {method_label(cfg)}, lr {cfg.lr:g}, seed {cfg.seed}"
+    return f"{cfg.run_name or out.resolve().name}\n{what}"
 
 
 def mean(xs: list[float]) -> float | None:
@@ -177,11 +201,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
     task, ds, shots = load_records(cfg)
     if cfg.qlora and not torch.cuda.is_available():
         raise FieldError("qlora", "needs a CUDA GPU (bitsandbytes 4-bit weights); on a CPU use lora_r alone")
+    check_trackers(cfg.report_to)
     check_out_dir(out, cfg.data_dir)
     ensure_writable_dir(out)  # a read-only or forbidden --out fails now, not after the model loads
 
-    # 2. precision, processes, seed
-    hw = Hardware.for_run(cfg)
+    # 2. precision, processes, seed, trackers
+    hw = Hardware.for_run(cfg, make_trackers(cfg, out))
     say = progress.log if hw.accelerator.is_main_process else (lambda _: None)  # one voice under DDP
     set_seed(cfg.seed)
     say(hw.describe(cfg))
@@ -205,18 +230,23 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
 
     # 5. resume: model, optimizer, schedule, RNG states and the step, all from one checkpoint
     state = restore(loop, ckpt, out, say)
+    start_trackers(hw.accelerator, cfg, state.start_step)
 
     # 6. the loop
-    if (stopped := run_steps(loop, state, out, stop_after, say)) is not None:
+    try:
+        stopped = run_steps(loop, state, out, stop_after, say)
+    finally:
+        end_trackers(hw.accelerator)  # flush and close them, also when a step fails
+    if stopped is not None:
         return stopped
 
     # 7. final model, logs, summary
     loss_after = loop.eval_loss() if cfg.eval_loss else None
     save_final(hw.accelerator, loop.wrapped, tokenizer, out / "model")
     about = {"task": task.name, "base_model": base_path, "params": n_params, "trainable_params": n_trainable}
-    summary = summarize(loop, state, data, about, loss_after=loss_after, model_dir=out / "model")
+    summary = summarize(loop, state, data, about, loss_after=loss_after)
     if hw.accelerator.is_main_process:
-        plot_loss(state.log_rows, out / "loss.png")
+        plot_loss(state.log_rows, out / "loss.png", run_title(cfg, task.name, data.set_name, data.n_records, out))
         atomic_write_json(out / "train_summary.json", summary)
         if cfg.clean_checkpoints:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -267,7 +297,7 @@ class Hardware:
     ds_accum: int  # DeepSpeed's fixed accumulation steps (fixed micro-batches there, token-capped elsewhere)
 
     @classmethod
-    def for_run(cls, cfg: TrainConfig) -> Hardware:
+    def for_run(cls, cfg: TrainConfig, trackers: list | None = None) -> Hardware:
         from ftgen.models import choose_dtype
 
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
@@ -277,7 +307,7 @@ class Hardware:
             raise FieldError("batch_size", f"{cfg.batch_size} is not a multiple of the processes ({world})")
         deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
         ds_accum = math.ceil(cfg.batch_size // world / cfg.micro_batch_size) if deepspeed else 1
-        accelerator = make_accelerator(compute_dtype, ds_accum, cfg.micro_batch_size)
+        accelerator = make_accelerator(compute_dtype, ds_accum, cfg.micro_batch_size, trackers)
         assert accelerator.num_processes == world, (accelerator.num_processes, world)
         return cls(accelerator, compute_dtype, device_type, world, deepspeed, ds_accum)
 
@@ -431,8 +461,10 @@ def run_steps(
                 "grad_norm": round(grad_norm, 6) if grad_norm is not None else None,  # None: DeepSpeed clips
                 "tokens": step_tokens,
                 "elapsed_s": round(state.prior_elapsed + state.train_time, 3),
+                "total_steps": loop.total_steps,  # `ftgen status` reads a run's progress from its last line
             }
             state.log_rows.append(row)
+            log_step(loop.hw.accelerator, cfg, {**row, "tokens_per_s": state.tokens_done / max(state.train_time, 1e-9)})
             if main:
                 log_file.write(json.dumps(row) + "\n")
                 log_file.flush()
@@ -467,18 +499,21 @@ def save_checkpoint(loop: Loop, state: RunState, ckpt_root: Path, step: int) -> 
         prune_checkpoints(ckpt_root, loop.cfg.keep_checkpoints)
 
 
-def summarize(
-    loop: Loop, state: RunState, data: TrainData, about: dict, *, loss_after: float | None, model_dir: Path
-) -> dict:
-    """train_summary.json: the config, the data, the model (`about`: task, base_model, params, trainable_params),
-    the losses, the speed."""
+def summarize(loop: Loop, state: RunState, data: TrainData, about: dict, *, loss_after: float | None) -> dict:
+    """train_summary.json: the config, the method, the data, the model (`about`: task, base_model, params,
+    trainable_params), the losses, the speed. Paths of the run's own files are relative to its directory
+    (`model_dir`: "model"), so a moved run (or study) still reads right."""
     rows, spe, total = state.log_rows, loop.steps_per_epoch, loop.total_steps
     elapsed = state.prior_elapsed + state.train_time
     tokens = state.prior_tokens + state.tokens_done
     first_epoch = [r["loss"] for r in rows if r["step"] <= spe]
     last_epoch = [r["loss"] for r in rows if r["step"] > total - spe]
+    cfg = loop.cfg
     return {
-        "config": loop.cfg.model_dump(),
+        "config": cfg.model_dump(),
+        "run_name": cfg.run_name,
+        "method": "fticl" if cfg.fticl_shots else "ft",
+        "method_label": method_label(cfg),
         "task": about["task"],
         "train_set": data.set_name,
         "train_source": data.source,
@@ -487,8 +522,8 @@ def summarize(
         "data_report": data.load_report,
         "fticl_shots": [s["id"] for s in data.shots],
         "base_model": about["base_model"],
-        "model_dir": str(model_dir.resolve()),
-        "kind": "lora" if loop.cfg.lora_r is not None else "full",
+        "model_dir": "model",
+        "kind": "lora" if cfg.lora_r is not None else "full",
         "params": about["params"],
         "trainable_params": about["trainable_params"],
         "compute_dtype": dtype_name(loop.hw.compute_dtype),

@@ -107,7 +107,8 @@ def make_schedule(optimizer, cfg: TrainConfig, total_steps: int):
     )
 
 
-def make_accelerator(compute_dtype: torch.dtype, grad_accum: int, micro_batch_size: int):
+def make_accelerator(compute_dtype: torch.dtype, grad_accum: int, micro_batch_size: int, trackers: list | None = None):
+    """accelerate's Accelerator for one training run (`trackers`: ftgen.trackers.make_trackers)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -118,7 +119,10 @@ def make_accelerator(compute_dtype: torch.dtype, grad_accum: int, micro_batch_si
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(compute_dtype, "no")
     # cpu=True where there is no GPU: only then does accelerate set up gloo DDP between CPU processes (torchrun)
     accelerator = Accelerator(
-        mixed_precision=precision, gradient_accumulation_steps=grad_accum, cpu=not torch.cuda.is_available()
+        mixed_precision=precision,
+        gradient_accumulation_steps=grad_accum,
+        cpu=not torch.cuda.is_available(),
+        log_with=trackers or None,
     )
     if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed wants it and we prepare no DataLoader
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch_size
