@@ -302,8 +302,10 @@ def test_a_template_is_accepted_exactly_when_it_shows_every_field_plainly(templa
     assert accepted
     text, title = (v.replace("\x00", "") for v in values)
     filled = fill_template(task, {"text": text, "title": title, "output": "GOLD"})
-    literal = template.replace("{text}", "").replace("{title}", "").replace("{{", "{").replace("}}", "}")
-    n_text, n_title = template.count("{text}"), template.count("{title}")
+    # Read the template left to right, as str.format does: "{{text}}" is the literal "{text}".
+    pieces = re.findall(r"\{\{|\}\}|\{text\}|\{title\}|[^{}]+", template)
+    n_text, n_title = pieces.count("{text}"), pieces.count("{title}")
+    literal = "".join({"{{": "{", "}}": "}"}.get(p, p) for p in pieces if p not in ("{text}", "{title}"))
     assert len(filled) == len(literal) + n_text * len(text) + n_title * len(title)  # no padding, no specs
     if "GOLD" not in template + text + title:
         assert "GOLD" not in filled  # the gold answer never enters a prompt
