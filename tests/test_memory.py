@@ -133,9 +133,10 @@ def test_activation_bytes_per_token_by_hand():
     # fp32: 32 x 576 + 16 x 1536 + 8 x 192 = 44544 per layer
     assert memory.activation_bytes_per_token(SMOLLM2_135M, torch.float32, response_share=0) == 30 * 44544 + 4032
     # checkpointing keeps a layer's fp32 input per layer, and one layer's activations while recomputing it
-    assert memory.activation_bytes_per_token(
-        SMOLLM2_135M, torch.bfloat16, gradient_checkpointing=True, response_share=0
-    ) == 30 * 4 * 576 + 30912 + 4032
+    assert (
+        memory.activation_bytes_per_token(SMOLLM2_135M, torch.bfloat16, gradient_checkpointing=True, response_share=0)
+        == 30 * 4 * 576 + 30912 + 4032
+    )
 
 
 def test_token_budget_with_numbers():
@@ -162,7 +163,9 @@ def test_a_7b_model_does_not_fit_full_fine_tuning_on_80_gb_but_lora_does():
     assert 6.7e9 < n < 6.8e9
     with pytest.raises(UserError, match=r"training does not fit: 74.5 GiB free, 113.0 GiB for weights"):
         memory.token_budget(80 * 10**9, LLAMA2_7B, torch.bfloat16, max_length=1024, n_params=n)
-    lora = memory.token_budget(80 * 10**9, LLAMA2_7B, torch.bfloat16, max_length=1024, n_params=n, n_trainable=4 * 10**7)
+    lora = memory.token_budget(
+        80 * 10**9, LLAMA2_7B, torch.bfloat16, max_length=1024, n_params=n, n_trainable=4 * 10**7
+    )
     assert 1024 <= lora < 20_000
 
 

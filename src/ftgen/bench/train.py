@@ -1,0 +1,305 @@
+"""`ftgen bench train`: ftgen's trainer against a plain `transformers.Trainer` and TRL's `SFTTrainer`.
+
+All of them fine-tune the same model on the same token ids (ftgen's prompt builder, EOS included) for one
+epoch, and every optimizer step sees the same examples in the same order: ftgen's epoch plan (length-
+grouped steps of `batch_size` examples, a seeded shuffle) is flattened into one sequence, and the
+baselines read it sequentially (`train_sampling_strategy="sequential"`) in micro-batches of
+`baseline_micro_batch_size` x `batch_size / baseline_micro_batch_size` accumulation steps. Same learning
+rate, linear schedule, no warm-up, fused AdamW, clipping at 1.0, autocast over fp32 master weights, loss on
+the response tokens only, normalised by the response tokens of the whole optimizer step (transformers and
+TRL pass `num_items_in_batch`; ftgen counts them from its plan). The first optimizer step therefore
+starts from the same weights on the same 16 examples: its loss agrees across trainers (printed), and the
+final train-set losses agree within a few percent (bf16 rounding, different micro-batch shapes).
+
+They differ in what ftgen is built to do better:
+- Trainer: micro-batches padded to their longest example, the LM head and a full-vocabulary fp32
+  log-softmax on every position;
+- TRL SFTTrainer (completion-only loss, `completion_mask` from the same ids): the same micro-batches,
+  its fused LM-head loss; gradient checkpointing off, as in ftgen (TRL turns it on by default);
+- ftgen: each step cut into micro-batches under a 16-example / 4096-padded-token cap, so short examples
+  share one forward pass; the LM head on response positions only.
+
+Throughput = real (non-pad) tokens of the epoch / seconds of the training loop (loading and saving
+excluded). Quality = mean cross-entropy per response token of each trained model on the training
+records, measured afterwards by the same function. MFU = 6 x N x tokens/s / peak, the peak measured as
+the best large matmul in the compute dtype on the device that trained (synchronised); `mfu_needed`
+counts the LM head on response tokens only (the work the task needs: both trainers do the same).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ftgen.bench import default_data_dir, say
+from ftgen.device import current_device, device_name, matmul_peak, synchronize
+from ftgen.errors import UserError
+
+BASELINES = {"trainer": "Trainer", "trl": "TRL"}  # --baseline value -> name in the output
+LOSS_TOLERANCE = 0.05  # final train-set losses this close (relative) "agree"
+
+
+def step_order(cfg, lengths: list[int]) -> list[int]:
+    """The examples of ftgen's first epoch in the order its optimizer steps take them."""
+    from ftgen.train import epoch_plan
+
+    plan = epoch_plan(lengths, cfg.batch_size, cfg.micro_batch_size, cfg.micro_batch_tokens, cfg.seed, 0)
+    return [i for step in plan for share in step for mb in share if mb for i in mb]
+
+
+def _training_args(cls, cfg, micro: int, out: Path, compute: torch.dtype, device: torch.device, **extra):
+    """Arguments shared by the Trainer and TRL baselines: ftgen's recipe, sequential data."""
+    if cfg.batch_size % micro:
+        raise UserError(f"--baseline-micro-batch-size {micro} must divide --batch-size {cfg.batch_size}")
+    return cls(
+        output_dir=str(out),
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=cfg.batch_size // micro,
+        num_train_epochs=1,
+        learning_rate=cfg.lr,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        bf16=compute == torch.bfloat16,
+        fp16=compute == torch.float16,
+        use_cpu=device.type == "cpu",
+        seed=cfg.seed,
+        train_sampling_strategy="sequential",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **extra,
+    )
+
+
+def _counting(collate, padded: dict):
+    def wrapped(features):
+        batch = collate(features)
+        padded["tokens"] += batch["input_ids"].numel()
+        return batch
+
+    return wrapped
+
+
+def _fit(trainer, padded: dict, device: torch.device) -> dict:
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # no per-step dicts on stdout
+    trainer.data_collator = _counting(trainer.data_collator, padded)
+    synchronize(device)
+    t0 = time.perf_counter()
+    trainer.train()
+    synchronize(device)
+    seconds = time.perf_counter() - t0
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"model": trainer.model, "seconds": seconds, "padded_tokens": padded["tokens"], "step_losses": losses}
+
+
+def run_trainer(cfg, micro: int, examples, order, tokenizer, out: Path, compute, device) -> dict:
+    """A plain transformers.Trainer on the same ids and order: pad to longest, full logits everywhere."""
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from ftgen.models import load_model
+
+    model, _ = load_model(cfg.model, dtype="fp32", device=str(device))
+    rows = [
+        {"input_ids": e.ids, "labels": [-100] * e.n_prompt + e.ids[e.n_prompt :]} for e in (examples[i] for i in order)
+    ]
+    tokenizer.padding_side = "right"
+    collate = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+    args = _training_args(TrainingArguments, cfg, micro, out, compute, device)
+    trainer = Trainer(model=model.train(), args=args, train_dataset=rows, data_collator=collate)
+    return _fit(trainer, {"tokens": 0}, device)
+
+
+def run_trl(cfg, micro: int, examples, order, tokenizer, out: Path, compute, device) -> dict:
+    """TRL's SFTTrainer on the same ids and order: completion-only loss from a completion_mask."""
+    try:
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+    except ImportError as e:
+        raise UserError(f"--baseline trl needs TRL: pip install 'ftgen[bench]' ({e})") from None
+    from ftgen.models import load_model
+
+    model, _ = load_model(cfg.model, dtype="fp32", device=str(device))
+    rows = [
+        {"input_ids": examples[i].ids, "completion_mask": [0] * examples[i].n_prompt + [1] * examples[i].n_answer}
+        for i in order
+    ]
+    args = _training_args(
+        SFTConfig, cfg, micro, out, compute, device,
+        completion_only_loss=True, max_length=cfg.max_length, packing=False, padding_free=False,
+        gradient_checkpointing=False,
+    )  # fmt: skip
+    trainer = SFTTrainer(
+        model=model.train(), args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+    return _fit(trainer, {"tokens": 0}, device)
+
+
+def _setup(data_dir, task, records, max_length, batch_size, micro_batch_size, micro_batch_tokens, lr, model, dtype):
+    from ftgen.models import load_tokenizer
+    from ftgen.train import TrainConfig, load_records, tokenize
+
+    overrides = {"micro_batch_size": micro_batch_size, "micro_batch_tokens": micro_batch_tokens}
+    cfg = TrainConfig(
+        model=model, task=task, train_size=records, data_dir=str(data_dir), epochs=1, lr=lr, batch_size=batch_size,
+        max_length=max_length, dtype=dtype, **{k: v for k, v in overrides.items() if v is not None},
+    )  # fmt: skip
+    tokenizer = load_tokenizer(model)
+    examples = tokenize(cfg, *load_records(cfg), tokenizer).examples
+    return cfg, tokenizer, examples
+
+
+def _round(who, r, cfg, micro, examples, order, tokenizer, tmp: Path, compute, device) -> dict:
+    """One trainer's epoch and the train-set loss of the model it produced."""
+    from ftgen.models import load_model
+    from ftgen.train import response_loss, train
+
+    pad = tokenizer.pad_token_id
+    if who == "ftgen":
+        s = train(cfg, tmp / f"ftgen-{r}")
+        trained, _ = load_model(str(tmp / f"ftgen-{r}" / "model"), dtype="fp32", device=str(device))
+        steps = [json.loads(line)["loss"] for line in (tmp / f"ftgen-{r}" / "loss.jsonl").read_text().splitlines()]
+        result = {"seconds": s["elapsed_s"], "step_losses": steps, "params": s["params"]}
+    else:
+        runner = run_trainer if who == "trainer" else run_trl
+        b = runner(cfg, micro, examples, order, tokenizer, tmp / f"{who}-{r}", compute, device)
+        trained = b.pop("model")
+        result = b
+    result["loss"] = response_loss(trained, examples, pad, dtype=cfg.dtype)
+    del trained
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def run(
+    data_dir: Path | None = None,
+    task: str = "sentiment",
+    records: int = 128,
+    max_length: int = 512,
+    batch_size: int = 16,
+    baseline_micro_batch_size: int = 4,
+    micro_batch_size: int | None = None,
+    micro_batch_tokens: int | None = None,
+    lr: float = 2e-5,
+    model: str = "default",
+    repeat: int = 1,
+    baselines: tuple[str, ...] = ("trainer",),
+    dtype: str = "auto",
+    out: Path | None = None,
+) -> dict:
+    """Train one epoch with ftgen and each baseline (`repeat` rounds, rotating which goes first; the best
+    time counts); print tokens/s, losses, MFU; the last lines are the speedups."""
+    from ftgen.models import choose_dtype
+
+    bad = [b for b in baselines if b not in BASELINES]
+    if bad or not baselines:
+        raise UserError(f"--baseline: use {' or '.join(BASELINES)} (comma list), not '{','.join(bad)}'")
+    device = current_device()
+    cfg, tokenizer, examples = _setup(
+        data_dir or default_data_dir(), task, records, max_length, batch_size, micro_batch_size, micro_batch_tokens,
+        lr, model, dtype,
+    )  # fmt: skip
+    compute = choose_dtype(cfg.dtype, device.type)
+    lengths = [len(e.ids) for e in examples]
+    order = step_order(cfg, lengths)
+    tokens = sum(lengths)
+    say(
+        f"bench train: {task}, {len(examples)} records, {tokens} tokens ({sum(e.n_answer for e in examples)} "
+        f"response), max length {max_length}, batch {batch_size}, lr {lr}, 1 epoch, "
+        f"{str(compute).removeprefix('torch.')} on {device_name(device)}"
+    )
+    say(
+        f"  same batches in the same order for all: ftgen's epoch plan, read sequentially by the baselines in "
+        f"micro-batches of {baseline_micro_batch_size} x {batch_size // baseline_micro_batch_size} accumulation"
+    )
+    peak = matmul_peak(device, compute)
+    name = str(compute).removeprefix("torch.")
+    say(f"measured {name} matmul peak on {device_name(device)}: {peak / 1e12:.2f} TFLOP/s")
+
+    results: dict[str, dict] = {}
+    names = ["ftgen", *baselines]
+    with tempfile.TemporaryDirectory(prefix="ftgen-bench-train-") as tmp:
+        for r in range(repeat):
+            for who in names[r % len(names) :] + names[: r % len(names)]:
+                say(f"round {r + 1}/{repeat}: {who} ...")
+                micro = baseline_micro_batch_size
+                res = _round(who, r, cfg, micro, examples, order, tokenizer, Path(tmp), compute, device)
+                best = results.get(who)
+                if best is None or res["seconds"] < best["seconds"]:
+                    results[who] = res
+                say(f"  {who}: {tokens / res['seconds']:.1f} tokens/s, final loss {res['loss']:.4f}")
+    return _report(results, cfg, examples, peak, device, baselines, out, repeat)
+
+
+def _report(results: dict, cfg, examples, peak: float, device, baselines, out: Path | None, repeat: int) -> dict:
+    lengths = [len(e.ids) for e in examples]
+    tokens, resp_tokens = sum(lengths), sum(e.n_answer for e in examples)
+    n_params = results["ftgen"]["params"]
+    mcfg = model_config(cfg.model)
+    head = mcfg.vocab_size * mcfg.hidden_size
+    needed = 6 * (n_params - head) * tokens + 6 * head * resp_tokens
+    ours_padded = sum(max(lengths[i] for i in mb) * len(mb) for mb in _ftgen_micro_batches(cfg, lengths))
+    results["ftgen"]["padded_tokens"] = ours_padded
+    for r in results.values():
+        r["tokens_per_s"] = tokens / r["seconds"]
+        r["mfu"] = 6 * n_params * r["tokens_per_s"] / peak
+        r["mfu_needed"] = needed / r["seconds"] / peak
+        r["padding_efficiency"] = tokens / r["padded_tokens"]
+        r["first_step_loss"] = r["step_losses"][0] if r["step_losses"] else math.nan
+    names = ["ftgen", *baselines]
+    say(f"{'':24}" + "".join(f"{BASELINES.get(n, n):>12}" for n in names))
+    rows = [("seconds", "{:.1f}"), ("tokens_per_s", "{:.0f}"), ("padding_efficiency", "{:.0%}"), ("mfu", "{:.1%}")]
+    rows += [("mfu_needed", "{:.1%}"), ("first_step_loss", "{:.4f}"), ("loss", "{:.4f}")]
+    for key, fmt in rows:
+        say(f"{key:24}" + "".join(f"{fmt.format(results[n][key]):>12}" for n in names))
+    say(
+        f"mfu = 6 x N x tokens/s / the measured peak of {device_name(device)} (N = {n_params / 1e6:.1f}M params); "
+        "mfu_needed counts the head on response tokens only; first_step_loss: the same examples and weights; "
+        "loss = train-set cross-entropy per response token after the epoch"
+    )
+    summary = {"device": device_name(device), "peak_flops": peak, "tokens": tokens, "records": len(examples)}
+    summary |= {"task": cfg.task, "max_length": cfg.max_length, "repeat": repeat, "results": results}
+    ours = results["ftgen"]
+    for b in baselines:
+        gap = abs(ours["loss"] - results[b]["loss"]) / results[b]["loss"]
+        verdict = "agree" if gap <= LOSS_TOLERANCE else "DIFFER"
+        pair = f"{ours['loss']:.4f} vs {results[b]['loss']:.4f}"
+        say(f"final losses vs {BASELINES[b]} {verdict}: {pair} ({gap:.1%} apart)")
+        summary[f"speedup_{b}"] = ours["tokens_per_s"] / results[b]["tokens_per_s"]
+        summary[f"losses_agree_{b}"] = gap <= LOSS_TOLERANCE
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(summary, indent=2) + "\n")
+        say(f"wrote {out}")
+    for b in baselines:
+        say(f"train speedup vs {'baseline' if b == 'trainer' else BASELINES[b]}: {summary[f'speedup_{b}']:.2f}")
+    return summary
+
+
+def model_config(name: str):
+    """The Hugging Face config of a model name (random: specs included), without loading weights."""
+    from transformers import AutoConfig
+
+    from ftgen.models import is_random_model, random_model, resolve_model
+
+    if is_random_model(name):
+        return random_model(name, meta=True)[0].config
+    return AutoConfig.from_pretrained(resolve_model(name))
+
+
+def _ftgen_micro_batches(cfg, lengths: list[int]) -> list[list[int]]:
+    from ftgen.train import epoch_plan
+
+    plan = epoch_plan(lengths, cfg.batch_size, cfg.micro_batch_size, cfg.micro_batch_tokens, cfg.seed, 0)
+    return [mb for step in plan for share in step for mb in share if mb]
