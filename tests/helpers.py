@@ -56,3 +56,22 @@ def write_json(path: Path, obj) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj), encoding="utf-8")
     return path
+
+
+# A Llama shape small enough for unit tests, with the default model's vocabulary (its tokenizer fits).
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 49152,
+    "max_position_embeddings": 1024,
+}
+
+
+def tiny_random_model(directory: Path, **changes) -> str:
+    """A `random:` model spec for TINY_LLAMA (with `changes`), its config written into `directory`."""
+    path = write_json(Path(directory) / "tiny.json", TINY_LLAMA | changes)
+    return f"random:{path}"

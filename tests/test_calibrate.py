@@ -7,28 +7,14 @@ import json
 import torch
 
 from ftgen.calibrate import Rates, calibrate, time_generation, time_train_steps
-
-TINY = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 49152,
-    "max_position_embeddings": 1024,
-}
-
-
-def _spec(tmp_path) -> str:
-    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
-    return f"random:{tmp_path / 'tiny.json'}"
+from helpers import tiny_random_model
 
 
 def test_calibrate_measures_every_kind_on_this_device(tmp_path, paper_data):
+    train = {"records": 12, "max_length": 128, "batch_size": 4, "micro_batch_size": 4, "steps": 1}
     rates = calibrate(
-        _spec(tmp_path), paper_data, classify=("sentiment", "sst2", 6, 1), generate=("question", "socialqa", 3, 1),
-        max_new_tokens=6, train={"records": 12, "max_length": 128, "batch_size": 4, "micro_batch_size": 4, "steps": 1},
+        tiny_random_model(tmp_path), paper_data, classify=("sentiment", "sst2", 6, 1),
+        generate=("question", "socialqa", 3, 1), max_new_tokens=6, train=train,
     )  # fmt: skip
     assert isinstance(rates, Rates) and rates.notes == []
     assert "(cpu" in rates.device and rates.dtype in ("bfloat16", "float32")
@@ -44,7 +30,7 @@ def test_time_train_steps_times_ftgens_own_steps(tmp_path, paper_data):
     from ftgen.models import load_model
     from ftgen.train import TrainConfig, epoch_plan, load_records, tokenize
 
-    model, tok = load_model(_spec(tmp_path), dtype="fp32")
+    model, tok = load_model(tiny_random_model(tmp_path), dtype="fp32")
     cfg = TrainConfig(model="default", task="sentiment", train_size=12, data_dir=str(paper_data), max_length=128)
     examples = tokenize(cfg, *load_records(cfg), tok).examples
     before = [p.detach().clone() for p in model.parameters()]
@@ -60,7 +46,7 @@ def test_time_generation_counts_decoding_steps(tmp_path, paper_data):
     from ftgen.models import load_model
     from ftgen.tasks import load_task
 
-    model, tok = load_model(_spec(tmp_path), dtype="fp32")
+    model, tok = load_model(tiny_random_model(tmp_path), dtype="fp32")
     task = load_task("question").model_copy(update={"max_new_tokens": 5})
     records = load_test_set(paper_data, task, "socialqa", limit=4).records
     g = time_generation(model, tok, task, records, [], prefill_tokens_s=1e9, batch_size=2)

@@ -158,13 +158,28 @@ def test_token_budget_with_numbers():
     assert budget < lora and budget < ckpt and measured == int((0.8 * 16 * 2**30 - 18 * n) / 10**6)
 
 
+def test_lora_params_count_what_peft_trains():
+    from peft import LoraConfig, get_peft_model
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=500)  # fmt: skip
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=8, target_modules="all-linear"))
+    assert memory.lora_params(config, 8) == model.get_nb_trainable_parameters()[0]
+    assert memory.lora_params(LLAMA2_7B, 16) == 39_976_960  # as PEFT prints for Llama-2-7B
+
+
 def test_a_7b_model_does_not_fit_full_fine_tuning_on_80_gb_but_lora_does():
     n = memory.count_params(LLAMA2_7B)
-    assert 6.7e9 < n < 6.8e9
+    assert n == 6_738_415_616
     with pytest.raises(UserError, match=r"training does not fit: 74.5 GiB free, 113.0 GiB for weights"):
         memory.token_budget(80 * 10**9, LLAMA2_7B, torch.bfloat16, max_length=1024, n_params=n)
     lora = memory.token_budget(
-        80 * 10**9, LLAMA2_7B, torch.bfloat16, max_length=1024, n_params=n, n_trainable=4 * 10**7
+        80 * 10**9,
+        LLAMA2_7B,
+        torch.bfloat16,
+        max_length=1024,
+        n_params=n,
+        n_trainable=memory.lora_params(LLAMA2_7B, 16),
     )
     assert 1024 <= lora < 20_000
 

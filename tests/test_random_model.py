@@ -12,23 +12,11 @@ from hypothesis import strategies as st
 
 from ftgen.errors import UserError
 from ftgen.models import is_random_model, load_model, load_tokenizer, random_model
-
-TINY = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 49152,
-    "max_position_embeddings": 1024,
-}
+from helpers import TINY_LLAMA, tiny_random_model
 
 
 def _config(tmp_path, **changes) -> str:
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(TINY | changes))
-    return str(path)
+    return tiny_random_model(tmp_path, **changes).removeprefix("random:")
 
 
 @given(st.text(max_size=30))
@@ -55,7 +43,7 @@ def test_a_json_config_builds_that_shape_with_seeded_weights(tmp_path):
 
 
 def test_a_directory_with_its_own_tokenizer(tmp_path, default_model_dir):
-    (tmp_path / "config.json").write_text(json.dumps(TINY | {"vocab_size": 49160}))
+    (tmp_path / "config.json").write_text(json.dumps(TINY_LLAMA | {"vocab_size": 49160}))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(default_model_dir / name, tmp_path / name)
     model, tok = random_model(f"random:{tmp_path}", meta=True)  # meta: shapes only, no weights made

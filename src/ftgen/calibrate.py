@@ -185,17 +185,6 @@ def _train_examples(model_name: str, data_dir, task: str, n: int, max_length: in
     return tokenize(cfg, *load_records(cfg), tokenizer).examples
 
 
-def _eval_data(data_dir, task_name: str, test_set: str, n: int, shots: int):
-    from ftgen.data import load_pool, load_test_set
-    from ftgen.prompts import select_shots
-    from ftgen.tasks import load_task
-
-    task = load_task(task_name)
-    records = load_test_set(data_dir, task, test_set, limit=n, skip_invalid=True).records
-    pool = load_pool(data_dir, task, test_set).records if shots else []
-    return task, records, select_shots(pool, shots)
-
-
 def calibrate(
     model_name: str,
     data_dir: str | Path,
@@ -233,12 +222,14 @@ def calibrate(
 
 
 def _calibrate_eval(rates, model, tokenizer, data_dir, batch_size, classify, generate, max_new_tokens, log) -> None:
+    from ftgen.eval_run import load_set
+
     try:
-        task, records, shots = _eval_data(data_dir, *classify)
+        task, records, shots = load_set(data_dir, *classify)
         c = time_classification(model, tokenizer, task, records, shots, batch_size=batch_size)
         rates.prefill_tokens_s, rates.peak_bytes["classify"] = c["prefill_tokens_s"], c["peak_bytes"]
         log(f"calibrate: classification {c['records_s']:.1f} records/s at batch {c['batch_size']}")
-        task, records, shots = _eval_data(data_dir, *generate)
+        task, records, shots = load_set(data_dir, *generate)
         if max_new_tokens:
             task = task.model_copy(update={"max_new_tokens": max_new_tokens})
         g = time_generation(

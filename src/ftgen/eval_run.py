@@ -70,6 +70,19 @@ def plan_eval(
     return cells
 
 
+def load_set(data_dir: str | Path, task_name: str, test_set: str, limit: int | None, k: int):
+    """(task, the first `limit` usable records of a test set, the first k examples of its pool): one cell's
+    input, for benchmarks and calibration (invalid records are skipped)."""
+    from ftgen.data import load_pool, load_test_set
+    from ftgen.prompts import select_shots
+    from ftgen.tasks import load_task
+
+    task = load_task(task_name)
+    records = load_test_set(data_dir, task, test_set, limit=limit, skip_invalid=True).records
+    pool = load_pool(data_dir, task, test_set).records if k else []
+    return task, records, select_shots(pool, k)
+
+
 def _check_options(model_name: str, scoring: str, backend: str, batch_size, max_length, dtype: str):
     """The options that need no file: one UserError line naming the flag. Returns the checked batch size."""
     from ftgen.models import choose_dtype, is_random_model

@@ -242,13 +242,24 @@ def training_state_bytes(n_params: int, n_trainable: int, dtype: torch.dtype = t
     return 4 * n_params + (4 + 8) * n_trainable + copies
 
 
-def count_params(config) -> int:
-    """Parameters of a causal LM built from `config`, counted on the meta device (no memory, no time)."""
+def _meta_model(config):
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+        return AutoModelForCausalLM.from_config(config)
+
+
+def count_params(config) -> int:
+    """Parameters of a causal LM built from `config`, counted on the meta device (no memory, no time)."""
+    return sum(p.numel() for p in _meta_model(config).parameters())
+
+
+def lora_params(config, r: int) -> int:
+    """Trainable parameters of a rank-r LoRA adapter on every linear layer but the LM head (PEFT's all-linear)."""
+    model = _meta_model(config)
+    head = model.get_output_embeddings()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    return sum(r * (m.in_features + m.out_features) for m in linears)
 
 
 def token_budget(

@@ -4,7 +4,7 @@
    (`lm-eval`, hf backend) on the same prompts, records and label words, given to lm-eval as a custom
    task over a local JSON file. The same loaded model (one copy on the device), dtype and process.
    Batch size: "auto" by default on both sides: on a GPU ftgen's search (ftgen.memory) against lm-eval's
-   own `batch_size="auto"`; on a CPU both resolve to 16. Timed on both sides: prompts in, label
+   own `batch_size="auto"` (given ftgen's upper bound, 1024, instead of its default 64); on a CPU both 16. Timed on both sides: prompts in, label
    log-likelihoods out (`evaluate` / `HFLM.loglikelihood`), the device synchronised.
 2. Generation: ftgen's batched greedy decoding against a loop of one-record `model.generate` calls
    (greedy, same max new tokens, same stop rule), with identical outputs required (in fp32).
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ftgen.bench import default_data_dir, say
 from ftgen.device import current_device, device_name, timed
-from ftgen.memory import CPU_AUTO_BATCH
+from ftgen.memory import AUTO_MAX_BATCH, CPU_AUTO_BATCH
 
 CLASSIFICATION_SETS = ["sentiment:sst2", "inference:multinli", "detection:qqp"]
 GENERATION_SET = "question:socialqa"
@@ -36,16 +36,10 @@ def _parse_set(spec: str) -> tuple[str, str]:
 
 
 def _load_set(data_dir: Path, spec: str, n: int, shots: int):
-    """(task, records, shots) with the paper's choice of shots (the first k of the pool)."""
-    from ftgen.data import load_pool, load_test_set
-    from ftgen.prompts import select_shots
-    from ftgen.tasks import load_task
+    """(task, records, shots) of a TASK:SET spec, with the paper's choice of shots (the first k of the pool)."""
+    from ftgen.eval_run import load_set
 
-    task_name, set_name = _parse_set(spec)
-    task = load_task(task_name)
-    records = load_test_set(data_dir, task, set_name, limit=n, skip_invalid=True).records
-    pool = load_pool(data_dir, task, set_name).records if shots else []
-    return task, records, select_shots(pool, shots)
+    return load_set(data_dir, *_parse_set(spec), n, shots)
 
 
 # ---------------------------------------------------------------- classification vs lm-eval
@@ -193,7 +187,13 @@ def bench_classification(
     if lm_eval_tokenization == "ftgen":
         HFLM = _segmentwise(HFLM)
     # one copy of the weights for both sides
-    lm = HFLM(pretrained=lm_model, tokenizer=tokenizer, batch_size=_lm_eval_batch(batch_size, device))
+    # (lm-eval's "auto" search gets the same upper bound as ftgen's, not its default 64)
+    lm = HFLM(
+        pretrained=lm_model,
+        tokenizer=tokenizer,
+        batch_size=_lm_eval_batch(batch_size, device),
+        max_batch_size=AUTO_MAX_BATCH,
+    )
     timer = _Timed(lm, device)
     rows = []
     with tempfile.TemporaryDirectory(prefix="ftgen-bench-") as tmp:

@@ -158,26 +158,29 @@ def step_train(ctx: dict) -> dict:
     }
 
 
-def _train_plan(model_name: str, sizes: Sizes) -> dict:
-    """Full fine-tuning if the token budget says it fits on this device, else LoRA r=16."""
+def _train_plan(model_name: str, sizes: Sizes) -> dict | None:
+    """Full fine-tuning with micro-batches from the token budget if it fits on this device, else LoRA r=16
+    (the paper config's advice for one GPU), else None (training is not timed)."""
     from ftgen.bench.train import model_config
     from ftgen.device import current_device
-    from ftgen.memory import count_params, free_device_bytes, token_budget
+    from ftgen.memory import count_params, free_device_bytes, lora_params, token_budget
     from ftgen.models import choose_dtype
 
     device = current_device()
     config = model_config(model_name)
     plan = dict(sizes.calib_train)
-    try:
-        budget = token_budget(
-            free_device_bytes(device), config, choose_dtype("auto", device.type), max_length=plan["max_length"],
-            n_params=count_params(config),
-        )  # fmt: skip
-        plan["micro_batch_tokens"] = min(budget, 16 * plan["max_length"])
-    except UserError as e:
-        say(f"  full fine-tuning does not fit here ({e}); timing LoRA r=16 instead")
-        plan["lora_r"] = 16
-    return plan
+    free, n = free_device_bytes(device), count_params(config)
+    dtype = choose_dtype("auto", device.type)
+    for lora_r in (None, 16):
+        trainable = lora_params(config, lora_r) if lora_r else n
+        try:
+            budget = token_budget(free, config, dtype, max_length=plan["max_length"], n_params=n, n_trainable=trainable)
+        except UserError as e:
+            say(f"  {'LoRA r=16' if lora_r else 'full fine-tuning'}: {e}")
+            continue
+        say(f"  training timed {'with LoRA r=16' if lora_r else 'in full'}: micro-batches of <= {budget} tokens fit")
+        return plan | {"lora_r": lora_r, "micro_batch_tokens": min(budget, 16 * plan["max_length"])}
+    return None
 
 
 def step_estimate(ctx: dict) -> dict:

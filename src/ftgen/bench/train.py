@@ -257,15 +257,18 @@ def _report(results: dict, cfg, examples, peak: float, device, baselines, out: P
         r["mfu_needed"] = needed / r["seconds"] / peak
         r["padding_efficiency"] = tokens / r["padded_tokens"]
         r["first_step_loss"] = r["step_losses"][0] if r["step_losses"] else math.nan
+        pairs = list(zip(r["step_losses"], results["ftgen"]["step_losses"], strict=False))
+        r["step_loss_gap"] = max((abs(a - b) / b for a, b in pairs), default=math.nan)  # vs ftgen, step by step
     names = ["ftgen", *baselines]
     say(f"{'':24}" + "".join(f"{BASELINES.get(n, n):>12}" for n in names))
     rows = [("seconds", "{:.1f}"), ("tokens_per_s", "{:.0f}"), ("padding_efficiency", "{:.0%}"), ("mfu", "{:.1%}")]
-    rows += [("mfu_needed", "{:.1%}"), ("first_step_loss", "{:.4f}"), ("loss", "{:.4f}")]
+    rows += [("mfu_needed", "{:.1%}"), ("first_step_loss", "{:.4f}"), ("step_loss_gap", "{:.1%}"), ("loss", "{:.4f}")]
     for key, fmt in rows:
         say(f"{key:24}" + "".join(f"{fmt.format(results[n][key]):>12}" for n in names))
     say(
         f"mfu = 6 x N x tokens/s / the measured peak of {device_name(device)} (N = {n_params / 1e6:.1f}M params); "
         "mfu_needed counts the head on response tokens only; first_step_loss: the same examples and weights; "
+        "step_loss_gap: the largest step-by-step loss difference from ftgen's; "
         "loss = train-set cross-entropy per response token after the epoch"
     )
     summary = {"device": device_name(device), "peak_flops": peak, "tokens": tokens, "records": len(examples)}
