@@ -261,6 +261,9 @@ def bench_train_cmd(
         str, typer.Option(help="Baselines, comma list: trainer (transformers.Trainer), trl (TRL's SFTTrainer).")
     ] = "trainer",
     baseline_micro_batch_size: Annotated[int, typer.Option(help="Micro-batch of the baselines.")] = 4,
+    baseline_order: Annotated[
+        str, typer.Option(help="ftgen: the baselines get ftgen's batches in its order; random: their own shuffle.")
+    ] = "ftgen",
     micro_batch_size: Annotated[int | None, typer.Option(help="ftgen's micro-batch cap (its default).")] = None,
     micro_batch_tokens: Annotated[int | None, typer.Option(help="ftgen's token cap (its default).")] = None,
     lr: Annotated[float, typer.Option(help="Learning rate of every trainer.")] = 2e-5,
@@ -287,6 +290,7 @@ def bench_train_cmd(
         baselines=tuple(_csv(baseline)),
         dtype=dtype,
         out=out,
+        baseline_order=baseline_order,
     )
 
 

@@ -4,8 +4,9 @@
    (`lm-eval`, hf backend) on the same prompts, records and label words, given to lm-eval as a custom
    task over a local JSON file. The same loaded model (one copy on the device), dtype and process.
    Batch size: "auto" by default on both sides: on a GPU ftgen's search (ftgen.memory) against lm-eval's
-   own `batch_size="auto"` (given ftgen's upper bound, 1024, instead of its default 64); on a CPU both 16. Timed on both sides: prompts in, label
-   log-likelihoods out (`evaluate` / `HFLM.loglikelihood`), the device synchronised.
+   own `batch_size="auto"` (given ftgen's upper bound, 1024, instead of its default 64); on a CPU both 16.
+   Timed on both sides: prompts in, label log-likelihoods out (`evaluate` / `HFLM.loglikelihood`), the
+   device synchronised.
 2. Generation: ftgen's batched greedy decoding against a loop of one-record `model.generate` calls
    (greedy, same max new tokens, same stop rule), with identical outputs required (in fp32).
 """

@@ -52,8 +52,8 @@ def step_order(cfg, lengths: list[int]) -> list[int]:
     return [i for step in plan for share in step for mb in share if mb for i in mb]
 
 
-def _training_args(cls, cfg, micro: int, out: Path, compute: torch.dtype, device: torch.device, **extra):
-    """Arguments shared by the Trainer and TRL baselines: ftgen's recipe, sequential data."""
+def _training_args(cls, cfg, micro: int, out: Path, compute, device, sequential: bool, **extra):
+    """Arguments shared by the Trainer and TRL baselines: ftgen's recipe; data read in order, or shuffled."""
     if cfg.batch_size % micro:
         raise UserError(f"--baseline-micro-batch-size {micro} must divide --batch-size {cfg.batch_size}")
     return cls(
@@ -70,7 +70,7 @@ def _training_args(cls, cfg, micro: int, out: Path, compute: torch.dtype, device
         fp16=compute == torch.float16,
         use_cpu=device.type == "cpu",
         seed=cfg.seed,
-        train_sampling_strategy="sequential",
+        train_sampling_strategy="sequential" if sequential else "random",
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -103,25 +103,26 @@ def _fit(trainer, padded: dict, device: torch.device) -> dict:
     return {"model": trainer.model, "seconds": seconds, "padded_tokens": padded["tokens"], "step_losses": losses}
 
 
-def run_trainer(cfg, micro: int, examples, order, tokenizer, out: Path, compute, device) -> dict:
-    """A plain transformers.Trainer on the same ids and order: pad to longest, full logits everywhere."""
+def run_trainer(cfg, micro: int, examples, order: list[int] | None, tokenizer, out: Path, compute, device) -> dict:
+    """A plain transformers.Trainer on the same ids (and ftgen's order; None: its own shuffle): pad to longest,
+    full logits everywhere."""
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from ftgen.models import load_model
 
     model, _ = load_model(cfg.model, dtype="fp32", device=str(device))
-    rows = [
-        {"input_ids": e.ids, "labels": [-100] * e.n_prompt + e.ids[e.n_prompt :]} for e in (examples[i] for i in order)
-    ]
+    ordered = [examples[i] for i in order] if order is not None else examples
+    rows = [{"input_ids": e.ids, "labels": [-100] * e.n_prompt + e.ids[e.n_prompt :]} for e in ordered]
     tokenizer.padding_side = "right"
     collate = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
-    args = _training_args(TrainingArguments, cfg, micro, out, compute, device)
+    args = _training_args(TrainingArguments, cfg, micro, out, compute, device, order is not None)
     trainer = Trainer(model=model.train(), args=args, train_dataset=rows, data_collator=collate)
     return _fit(trainer, {"tokens": 0}, device)
 
 
-def run_trl(cfg, micro: int, examples, order, tokenizer, out: Path, compute, device) -> dict:
-    """TRL's SFTTrainer on the same ids and order: completion-only loss from a completion_mask."""
+def run_trl(cfg, micro: int, examples, order: list[int] | None, tokenizer, out: Path, compute, device) -> dict:
+    """TRL's SFTTrainer on the same ids (and ftgen's order; None: its own shuffle): completion-only loss from a
+    completion_mask."""
     try:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
@@ -130,12 +131,10 @@ def run_trl(cfg, micro: int, examples, order, tokenizer, out: Path, compute, dev
     from ftgen.models import load_model
 
     model, _ = load_model(cfg.model, dtype="fp32", device=str(device))
-    rows = [
-        {"input_ids": examples[i].ids, "completion_mask": [0] * examples[i].n_prompt + [1] * examples[i].n_answer}
-        for i in order
-    ]
+    ordered = [examples[i] for i in order] if order is not None else examples
+    rows = [{"input_ids": e.ids, "completion_mask": [0] * e.n_prompt + [1] * e.n_answer} for e in ordered]
     args = _training_args(
-        SFTConfig, cfg, micro, out, compute, device,
+        SFTConfig, cfg, micro, out, compute, device, order is not None,
         completion_only_loss=True, max_length=cfg.max_length, packing=False, padding_free=False,
         gradient_checkpointing=False,
     )  # fmt: skip
@@ -197,14 +196,21 @@ def run(
     baselines: tuple[str, ...] = ("trainer",),
     dtype: str = "auto",
     out: Path | None = None,
+    baseline_order: str = "ftgen",
 ) -> dict:
     """Train one epoch with ftgen and each baseline (`repeat` rounds, rotating which goes first; the best
-    time counts); print tokens/s, losses, MFU; the last lines are the speedups."""
+    time counts); print tokens/s, losses, MFU; the last lines are the speedups.
+
+    `baseline_order="random"` lets the baselines shuffle the data themselves (a diagnostic: different
+    examples per optimizer step, which is how their final losses used to differ from ftgen's by 7-14%).
+    """
     from ftgen.models import choose_dtype
 
     bad = [b for b in baselines if b not in BASELINES]
     if bad or not baselines:
         raise UserError(f"--baseline: use {' or '.join(BASELINES)} (comma list), not '{','.join(bad)}'")
+    if baseline_order not in ("ftgen", "random"):
+        raise UserError(f"--baseline-order: use ftgen or random, not '{baseline_order}'")
     device = current_device()
     cfg, tokenizer, examples = _setup(
         data_dir or default_data_dir(), task, records, max_length, batch_size, micro_batch_size, micro_batch_tokens,
@@ -212,17 +218,20 @@ def run(
     )  # fmt: skip
     compute = choose_dtype(cfg.dtype, device.type)
     lengths = [len(e.ids) for e in examples]
-    order = step_order(cfg, lengths)
+    order = step_order(cfg, lengths) if baseline_order == "ftgen" else None
     tokens = sum(lengths)
     say(
         f"bench train: {task}, {len(examples)} records, {tokens} tokens ({sum(e.n_answer for e in examples)} "
         f"response), max length {max_length}, batch {batch_size}, lr {lr}, 1 epoch, "
         f"{str(compute).removeprefix('torch.')} on {device_name(device)}"
     )
-    say(
-        f"  same batches in the same order for all: ftgen's epoch plan, read sequentially by the baselines in "
-        f"micro-batches of {baseline_micro_batch_size} x {batch_size // baseline_micro_batch_size} accumulation"
+    how = (
+        "same batches in the same order for all: ftgen's epoch plan, read sequentially by the baselines"
+        if order is not None
+        else "the baselines shuffle the data themselves (--baseline-order random)"
     )
+    micro = baseline_micro_batch_size
+    say(f"  {how}; baseline micro-batches of {micro} x {batch_size // micro} accumulation")
     peak = matmul_peak(device, compute)
     name = str(compute).removeprefix("torch.")
     say(f"measured {name} matmul peak on {device_name(device)}: {peak / 1e12:.2f} TFLOP/s")
@@ -233,7 +242,6 @@ def run(
         for r in range(repeat):
             for who in names[r % len(names) :] + names[: r % len(names)]:
                 say(f"round {r + 1}/{repeat}: {who} ...")
-                micro = baseline_micro_batch_size
                 res = _round(who, r, cfg, micro, examples, order, tokenizer, Path(tmp), compute, device)
                 best = results.get(who)
                 if best is None or res["seconds"] < best["seconds"]:
