@@ -264,6 +264,9 @@ def bench_train_cmd(
     baseline_order: Annotated[
         str, typer.Option(help="ftgen: the baselines get ftgen's batches in its order; random: their own shuffle.")
     ] = "ftgen",
+    trl_gradient_checkpointing: Annotated[
+        bool, typer.Option(help="TRL's gradient checkpointing (on: TRL's default; off: the same work as ftgen).")
+    ] = True,
     micro_batch_size: Annotated[int | None, typer.Option(help="ftgen's micro-batch cap (its default).")] = None,
     micro_batch_tokens: Annotated[int | None, typer.Option(help="ftgen's token cap (its default).")] = None,
     lr: Annotated[float, typer.Option(help="Learning rate of every trainer.")] = 2e-5,
@@ -291,6 +294,7 @@ def bench_train_cmd(
         dtype=dtype,
         out=out,
         baseline_order=baseline_order,
+        trl_checkpointing=trl_gradient_checkpointing,
     )
 
 

@@ -59,8 +59,8 @@ class EvalResult:
 
 
 @dataclass
-class _Item:
-    """One record, ready for the model."""
+class Item:
+    """One record, ready for a backend: its prompt and token ids (the shared context is apart)."""
 
     record: dict
     prompt: Prompt
@@ -114,11 +114,11 @@ def _prepare(task: TaskDef, records: list[dict], context: str, fmt: int, tokeniz
         labels = [encode_label(sep + lab) for lab in task.labels] if task.kind == "classification" else []
         if any(not ids for ids in labels):
             raise UserError(f"task '{task.name}': a label word encodes to no tokens")
-        items.append(_Item(rec, prompt, enc.query, labels))
+        items.append(Item(rec, prompt, enc.query, labels))
     return context_ids or [], items
 
 
-def _longest_first(items: list[_Item]) -> list[int]:
+def _longest_first(items: list[Item]) -> list[int]:
     """Row order for batching: longest first (the costliest batch runs first, little padding), ties by index."""
     return sorted(range(len(items)), key=lambda i: (-len(items[i].query), i))
 
@@ -186,7 +186,7 @@ def _tree_mask_ok(model) -> bool:
 
 
 @torch.inference_mode()
-def _label_logprobs_tree(model, items: list[_Item], prefix, n_prefix: int, pad_id: int) -> list[list[list[float]]]:
+def _label_logprobs_tree(model, items: list[Item], prefix, n_prefix: int, pad_id: int) -> list[list[list[float]]]:
     """Per item, per label, the log-prob of each label token: one forward, all labels as a tree."""
     device, dtype = _device(model), model.dtype
     rows, segs, poss = [], [], []
@@ -243,7 +243,7 @@ def _label_logprobs_tree(model, items: list[_Item], prefix, n_prefix: int, pad_i
 
 
 @torch.inference_mode()
-def _label_logprobs_plain(model, items: list[_Item], context_ids: list[int], pad_id: int) -> list[list[list[float]]]:
+def _label_logprobs_plain(model, items: list[Item], context_ids: list[int], pad_id: int) -> list[list[list[float]]]:
     """The reference computation: every (record, label) is a full sequence, no cache, no tree."""
     device = _device(model)
     rows = [context_ids + it.query + lab for it in items for lab in it.labels]
@@ -315,7 +315,7 @@ def _eos_ids(model, tokenizer) -> set[int]:
 
 @torch.inference_mode()
 def _generate_batch(
-    model, tokenizer, items: list[_Item], prefix, context_ids: list[int], max_new_tokens: int, eos: set[int]
+    model, tokenizer, items: list[Item], prefix, context_ids: list[int], max_new_tokens: int, eos: set[int]
 ) -> tuple[list[str], int]:
     """(greedy continuations of a batch of prompts, stopped per row (EOS, blank line, max_new_tokens);
     the number of decoding steps the batch took)."""
@@ -508,7 +508,7 @@ def _run_backend(model, tokenizer, task, items, context_ids, backend, batch_size
     return {"texts": texts, "batch_size": used, "steps": steps}
 
 
-def _classification_outputs(task: TaskDef, items: list[_Item], logprobs, scoring: str) -> tuple[list[dict], dict]:
+def _classification_outputs(task: TaskDef, items: list[Item], logprobs, scoring: str) -> tuple[list[dict], dict]:
     """(one prediction row per item, the task metrics): the label with the best score wins."""
     predictions, preds = [], []
     for it, lps in zip(items, logprobs, strict=True):
@@ -530,7 +530,7 @@ def _classification_outputs(task: TaskDef, items: list[_Item], logprobs, scoring
     return predictions, M.classification_metrics(preds, golds, task.labels)
 
 
-def _generation_outputs(task: TaskDef, items: list[_Item], texts: list[str]) -> tuple[list[dict], dict]:
+def _generation_outputs(task: TaskDef, items: list[Item], texts: list[str]) -> tuple[list[dict], dict]:
     """(one prediction row per item, the task metrics): the metric sees each output's first paragraph."""
     predictions = [
         {

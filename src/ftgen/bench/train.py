@@ -15,23 +15,27 @@ They differ in what ftgen is built to do better:
 - Trainer: micro-batches padded to their longest example, the LM head and a full-vocabulary fp32
   log-softmax on every position;
 - TRL SFTTrainer (completion-only loss, `completion_mask` from the same ids): the same micro-batches,
-  its fused LM-head loss; gradient checkpointing off, as in ftgen (TRL turns it on by default);
+  its fused LM-head loss, gradient checkpointing on as TRL ships it (`--no-trl-gradient-checkpointing`:
+  off, the same work per step as ftgen);
 - ftgen: each step cut into micro-batches under a 16-example / 4096-padded-token cap, so short examples
   share one forward pass; the LM head on response positions only.
 
-Throughput = real (non-pad) tokens of the epoch / seconds of the training loop (loading and saving
-excluded). Quality = mean cross-entropy per response token of each trained model on the training
-records, measured afterwards by the same function. MFU = 6 x N x tokens/s / peak, the peak measured as
-the best large matmul in the compute dtype on the device that trained (synchronised); `mfu_needed`
-counts the LM head on response tokens only (the work the task needs: both trainers do the same).
+Throughput = real (non-pad) tokens of the epoch / seconds of the training loop (loading, set-up and
+saving excluded on every side). Quality = mean cross-entropy per response token of each trained model on
+the training records, measured afterwards by the same function. MFU = 6 x N x tokens/s / peak, the
+peak measured as the best large matmul in the compute dtype on the device that trained (synchronised,
+before every round: a busy machine lowers it); `mfu_needed` counts the LM head on response tokens only
+(the work the task needs, the same for every trainer).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -52,25 +56,42 @@ def step_order(cfg, lengths: list[int]) -> list[int]:
     return [i for step in plan for share in step for mb in share if mb for i in mb]
 
 
-def _training_args(cls, cfg, micro: int, out: Path, compute, device, sequential: bool, **extra):
+@dataclass
+class Bench:
+    """What every trainer of one benchmark shares."""
+
+    cfg: object  # ftgen.train.TrainConfig
+    tokenizer: object
+    examples: list  # ftgen.train.Example, tokenized once
+    order: list[int] | None  # ftgen's step order for the baselines; None: they shuffle themselves
+    micro: int  # the baselines' micro-batch
+    compute: torch.dtype
+    device: torch.device
+    trl_checkpointing: bool  # TRL's default: on
+
+    def ordered(self) -> list:
+        return [self.examples[i] for i in self.order] if self.order is not None else self.examples
+
+
+def _training_args(cls, b: Bench, out: Path, **extra):
     """Arguments shared by the Trainer and TRL baselines: ftgen's recipe; data read in order, or shuffled."""
-    if cfg.batch_size % micro:
-        raise UserError(f"--baseline-micro-batch-size {micro} must divide --batch-size {cfg.batch_size}")
+    if b.cfg.batch_size % b.micro:
+        raise UserError(f"--baseline-micro-batch-size {b.micro} must divide --batch-size {b.cfg.batch_size}")
     return cls(
         output_dir=str(out),
-        per_device_train_batch_size=micro,
-        gradient_accumulation_steps=cfg.batch_size // micro,
+        per_device_train_batch_size=b.micro,
+        gradient_accumulation_steps=b.cfg.batch_size // b.micro,
         num_train_epochs=1,
-        learning_rate=cfg.lr,
+        learning_rate=b.cfg.lr,
         lr_scheduler_type="linear",
         warmup_steps=0,
         weight_decay=0.0,
         max_grad_norm=1.0,
-        bf16=compute == torch.bfloat16,
-        fp16=compute == torch.float16,
-        use_cpu=device.type == "cpu",
-        seed=cfg.seed,
-        train_sampling_strategy="sequential" if sequential else "random",
+        bf16=b.compute == torch.bfloat16,
+        fp16=b.compute == torch.float16,
+        use_cpu=b.device.type == "cpu",
+        seed=b.cfg.seed,
+        train_sampling_strategy="sequential" if b.order is not None else "random",
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -89,59 +110,78 @@ def _counting(collate, padded: dict):
     return wrapped
 
 
-def _fit(trainer, padded: dict, device: torch.device) -> dict:
+def _loop_clock(device: torch.device):
+    """A callback timing the training loop alone, from its first step to its end, as ftgen times its own loop
+    (set-up before it - wrapping the model, building the optimizer and data loader - is left out on both sides)."""
+    from transformers import TrainerCallback
+
+    class LoopClock(TrainerCallback):
+        start = end = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            synchronize(device)
+            self.start = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            synchronize(device)
+            self.end = time.perf_counter()
+
+    return LoopClock()
+
+
+def _fit(trainer, device: torch.device) -> dict:
     from transformers import PrinterCallback
 
+    padded = {"tokens": 0}
     trainer.remove_callback(PrinterCallback)  # no per-step dicts on stdout
     trainer.data_collator = _counting(trainer.data_collator, padded)
-    synchronize(device)
-    t0 = time.perf_counter()
+    clock = _loop_clock(device)
+    trainer.add_callback(clock)
     trainer.train()
-    synchronize(device)
-    seconds = time.perf_counter() - t0
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    seconds = clock.end - clock.start
     return {"model": trainer.model, "seconds": seconds, "padded_tokens": padded["tokens"], "step_losses": losses}
 
 
-def run_trainer(cfg, micro: int, examples, order: list[int] | None, tokenizer, out: Path, compute, device) -> dict:
-    """A plain transformers.Trainer on the same ids (and ftgen's order; None: its own shuffle): pad to longest,
-    full logits everywhere."""
+def run_trainer(b: Bench, out: Path) -> dict:
+    """A plain transformers.Trainer on the same ids (and ftgen's order, unless b.order is None): micro-batches
+    padded to their longest example, full logits everywhere."""
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from ftgen.models import load_model
 
-    model, _ = load_model(cfg.model, dtype="fp32", device=str(device))
-    ordered = [examples[i] for i in order] if order is not None else examples
-    rows = [{"input_ids": e.ids, "labels": [-100] * e.n_prompt + e.ids[e.n_prompt :]} for e in ordered]
-    tokenizer.padding_side = "right"
-    collate = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
-    args = _training_args(TrainingArguments, cfg, micro, out, compute, device, order is not None)
-    trainer = Trainer(model=model.train(), args=args, train_dataset=rows, data_collator=collate)
-    return _fit(trainer, {"tokens": 0}, device)
+    model, _ = load_model(b.cfg.model, dtype="fp32", device=str(b.device))
+    rows = [{"input_ids": e.ids, "labels": [-100] * e.n_prompt + e.ids[e.n_prompt :]} for e in b.ordered()]
+    b.tokenizer.padding_side = "right"
+    collate = DataCollatorForSeq2Seq(b.tokenizer, padding="longest", label_pad_token_id=-100)
+    trainer = Trainer(model=model.train(), args=_training_args(TrainingArguments, b, out), train_dataset=rows,
+                      data_collator=collate)  # fmt: skip
+    return _fit(trainer, b.device)
 
 
-def run_trl(cfg, micro: int, examples, order: list[int] | None, tokenizer, out: Path, compute, device) -> dict:
-    """TRL's SFTTrainer on the same ids (and ftgen's order; None: its own shuffle): completion-only loss from a
-    completion_mask."""
+def run_trl(b: Bench, out: Path) -> dict:
+    """TRL's SFTTrainer on the same ids (and ftgen's order, unless b.order is None): completion-only loss from a
+    completion_mask, its own collator and fused LM-head loss."""
     try:
         from datasets import Dataset
+        from datasets.utils.logging import disable_progress_bar
         from trl import SFTConfig, SFTTrainer
     except ImportError as e:
         raise UserError(f"--baseline trl needs TRL: pip install 'ftgen[bench]' ({e})") from None
+    from ftgen import progress
     from ftgen.models import load_model
 
-    model, _ = load_model(cfg.model, dtype="fp32", device=str(device))
-    ordered = [examples[i] for i in order] if order is not None else examples
-    rows = [{"input_ids": e.ids, "completion_mask": [0] * e.n_prompt + [1] * e.n_answer} for e in ordered]
+    if progress.is_quiet():
+        disable_progress_bar()
+    model, _ = load_model(b.cfg.model, dtype="fp32", device=str(b.device))
+    rows = [{"input_ids": e.ids, "completion_mask": [0] * e.n_prompt + [1] * e.n_answer} for e in b.ordered()]
     args = _training_args(
-        SFTConfig, cfg, micro, out, compute, device, order is not None,
-        completion_only_loss=True, max_length=cfg.max_length, packing=False, padding_free=False,
-        gradient_checkpointing=False,
+        SFTConfig, b, out, completion_only_loss=True, max_length=b.cfg.max_length, packing=False, padding_free=False,
+        gradient_checkpointing=b.trl_checkpointing,
     )  # fmt: skip
-    trainer = SFTTrainer(
-        model=model.train(), args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
-    )
-    return _fit(trainer, {"tokens": 0}, device)
+    trainer = SFTTrainer(model=model.train(), args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=b.tokenizer)  # fmt: skip
+    return _fit(trainer, b.device)
 
 
 def _setup(data_dir, task, records, max_length, batch_size, micro_batch_size, micro_batch_tokens, lr, model, dtype):
@@ -158,25 +198,22 @@ def _setup(data_dir, task, records, max_length, batch_size, micro_batch_size, mi
     return cfg, tokenizer, examples
 
 
-def _round(who, r, cfg, micro, examples, order, tokenizer, tmp: Path, compute, device) -> dict:
+def _round(who: str, r: int, b: Bench, tmp: Path) -> dict:
     """One trainer's epoch and the train-set loss of the model it produced."""
     from ftgen.models import load_model
     from ftgen.train import response_loss, train
 
-    pad = tokenizer.pad_token_id
     if who == "ftgen":
-        s = train(cfg, tmp / f"ftgen-{r}")
-        trained, _ = load_model(str(tmp / f"ftgen-{r}" / "model"), dtype="fp32", device=str(device))
+        s = train(b.cfg, tmp / f"ftgen-{r}")
+        trained, _ = load_model(str(tmp / f"ftgen-{r}" / "model"), dtype="fp32", device=str(b.device))
         steps = [json.loads(line)["loss"] for line in (tmp / f"ftgen-{r}" / "loss.jsonl").read_text().splitlines()]
         result = {"seconds": s["elapsed_s"], "step_losses": steps, "params": s["params"]}
     else:
-        runner = run_trainer if who == "trainer" else run_trl
-        b = runner(cfg, micro, examples, order, tokenizer, tmp / f"{who}-{r}", compute, device)
-        trained = b.pop("model")
-        result = b
-    result["loss"] = response_loss(trained, examples, pad, dtype=cfg.dtype)
+        result = (run_trainer if who == "trainer" else run_trl)(b, tmp / f"{who}-{r}")
+        trained = result.pop("model")
+    result["loss"] = response_loss(trained, b.examples, b.tokenizer.pad_token_id, dtype=b.cfg.dtype)
     del trained
-    if device.type == "cuda":
+    if b.device.type == "cuda":
         torch.cuda.empty_cache()
     return result
 
@@ -197,12 +234,15 @@ def run(
     dtype: str = "auto",
     out: Path | None = None,
     baseline_order: str = "ftgen",
+    trl_checkpointing: bool = True,
 ) -> dict:
     """Train one epoch with ftgen and each baseline (`repeat` rounds, rotating which goes first; the best
     time counts); print tokens/s, losses, MFU; the last lines are the speedups.
 
     `baseline_order="random"` lets the baselines shuffle the data themselves (a diagnostic: different
     examples per optimizer step, which is how their final losses used to differ from ftgen's by 7-14%).
+    `trl_checkpointing`: TRL's gradient checkpointing, on by default in TRL (as users get it); off, TRL
+    does the same work per step as ftgen.
     """
     from ftgen.models import choose_dtype
 
@@ -232,9 +272,11 @@ def run(
     )
     micro = baseline_micro_batch_size
     say(f"  {how}; baseline micro-batches of {micro} x {batch_size // micro} accumulation")
+    if "trl" in baselines:
+        checkpointing = "on (TRL's default)" if trl_checkpointing else "off (--no-trl-gradient-checkpointing)"
+        say(f"  TRL: gradient checkpointing {checkpointing}")
+    bench = Bench(cfg, tokenizer, examples, order, micro, compute, device, trl_checkpointing)
     peak = matmul_peak(device, compute)
-    name = str(compute).removeprefix("torch.")
-    say(f"measured {name} matmul peak on {device_name(device)}: {peak / 1e12:.2f} TFLOP/s")
 
     results: dict[str, dict] = {}
     names = ["ftgen", *baselines]
@@ -242,11 +284,14 @@ def run(
         for r in range(repeat):
             for who in names[r % len(names) :] + names[: r % len(names)]:
                 say(f"round {r + 1}/{repeat}: {who} ...")
-                res = _round(who, r, cfg, micro, examples, order, tokenizer, Path(tmp), compute, device)
+                peak = max(peak, matmul_peak(device, compute))  # the device's best, whatever else runs on it
+                res = _round(who, r, bench, Path(tmp))
                 best = results.get(who)
                 if best is None or res["seconds"] < best["seconds"]:
                     results[who] = res
                 say(f"  {who}: {tokens / res['seconds']:.1f} tokens/s, final loss {res['loss']:.4f}")
+    name = str(compute).removeprefix("torch.")
+    say(f"measured {name} matmul peak on {device_name(device)}: {peak / 1e12:.2f} TFLOP/s (best before each round)")
     return _report(results, cfg, examples, peak, device, baselines, out, repeat)
 
 
@@ -281,6 +326,7 @@ def _report(results: dict, cfg, examples, peak: float, device, baselines, out: P
     )
     summary = {"device": device_name(device), "peak_flops": peak, "tokens": tokens, "records": len(examples)}
     summary |= {"task": cfg.task, "max_length": cfg.max_length, "repeat": repeat, "results": results}
+    summary |= {"load_average": os.getloadavg()[0]}
     ours = results["ftgen"]
     for b in baselines:
         gap = abs(ours["loss"] - results[b]["loss"]) / results[b]["loss"]
