@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils.memory import clear_device_cache
 
 from ftgen.device import current_device, device_name, timed
 from ftgen.errors import UserError
@@ -216,7 +217,7 @@ def calibrate(
     log(f"calibrate: {model_name} ({n_params / 1e6:.0f}M params) on {rates.device}, {rates.dtype}")
     _calibrate_eval(rates, model, tokenizer, data_dir, batch_size, classify, generate, max_new_tokens, log)
     del model
-    _free(device)
+    clear_device_cache(garbage_collection=True)
     if train is not None:
         _calibrate_train(rates, model_name, data_dir, compute, train, tokenizer, log)
     return rates
@@ -245,7 +246,6 @@ def _calibrate_eval(rates, model, tokenizer, data_dir, batch_size, classify, gen
 def _calibrate_train(rates, model_name, data_dir, compute, train: dict, tokenizer, log) -> None:
     from ftgen.models import load_model
 
-    device = current_device()
     t = {"task": "sentiment", "records": 48, "max_length": 1024, "batch_size": 16, "micro_batch_size": 16}
     t |= {"micro_batch_tokens": 4096, "steps": 2, "lora_r": None} | train
     examples = _train_examples(model_name, data_dir, t["task"], t["records"], t["max_length"], tokenizer)
@@ -271,12 +271,4 @@ def _calibrate_train(rates, model_name, data_dir, compute, train: dict, tokenize
         rates.notes.append(f"training does not fit on {rates.device} (out of memory): not measured")
     finally:
         del model
-        _free(device)
-
-
-def _free(device: torch.device) -> None:
-    import gc
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+        clear_device_cache(garbage_collection=True)

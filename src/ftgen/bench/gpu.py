@@ -299,6 +299,8 @@ def run(
     paper_config: Path = Path("configs/paper.yaml"),
 ) -> dict:
     """Run the steps in order; print one summary; return {step: {status, seconds, numbers}}."""
+    from accelerate.utils.memory import clear_device_cache
+
     from ftgen.device import device_name
     from ftgen.files import atomic_write_json, ensure_writable_dir
 
@@ -323,6 +325,7 @@ def run(
             numbers, status = {"error": one_line(f"{type(e).__name__}: {e}")[:300]}, "FAILED"
             say(f"  {name} failed: {numbers['error']}")
         summary[name] = {**numbers, "status": status, "seconds": round(time.perf_counter() - t0, 1)}
+        clear_device_cache(garbage_collection=True)  # what a step left goes back: the 7B model needs the room
     _print_summary(summary, time.perf_counter() - t_all, device_name())
     atomic_write_json(Path(out) / "summary.json", summary)
     return summary
