@@ -139,8 +139,10 @@ def _fit(trainer, device: torch.device) -> dict:
     trainer.add_callback(clock)
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    model = trainer.model
+    trainer.accelerator.free_memory()  # its references to the model and optimizer state: gone before the next round
     seconds = clock.end - clock.start
-    return {"model": trainer.model, "seconds": seconds, "padded_tokens": padded["tokens"], "step_losses": losses}
+    return {"model": model, "seconds": seconds, "padded_tokens": padded["tokens"], "step_losses": losses}
 
 
 def run_trainer(b: Bench, out: Path) -> dict:
