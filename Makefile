@@ -31,7 +31,7 @@ lint: setup
 
 bench: setup
 	$(FTGEN) bench eval
-	$(FTGEN) bench train
+	$(FTGEN) bench train --baseline trainer,trl --repeat 2
 
 clean:
 	rm -rf $(VENV) runs

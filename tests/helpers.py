@@ -98,3 +98,22 @@ def make_special(kind: str, path: Path) -> Path:
     elif kind == "missing":
         pass
     return path
+
+
+# A Llama shape small enough for unit tests, with the default model's vocabulary (its tokenizer fits).
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 49152,
+    "max_position_embeddings": 1024,
+}
+
+
+def tiny_random_model(directory: Path, **changes) -> str:
+    """A `random:` model spec for TINY_LLAMA (with `changes`), its config written into `directory`."""
+    path = write_json(Path(directory) / "tiny.json", TINY_LLAMA | changes)
+    return f"random:{path}"

@@ -109,11 +109,6 @@ def _meanings(skip: tuple[str, ...] = ()) -> list[str]:
 
 
 def test_one_meaning_per_option_name():
-    assert _meanings(skip=("bench eval", "bench train")) == []
-
-
-@pytest.mark.xfail(strict=True, reason="ftgen bench (another branch owns it): --batch-size is not yet per forward pass")
-def test_one_meaning_per_option_name_in_bench_too():
     assert _meanings() == []
 
 

@@ -31,6 +31,7 @@ def test_eval_end_to_end(paper_data, tmp_path, default_model_dir):
             metrics = json.loads((cell / "metrics.json").read_text())
             assert metrics["n"] == 4 and metrics["shots"] == k and metrics["fmt"] == f
             assert metrics["test_set"] == "sst2" and metrics["data"]["raw"] == 4
+            assert metrics["batch_size"] == 4  # the default "auto": 16 on a CPU, here all 4 rows at once
             assert len((cell / "predictions.jsonl").read_text().splitlines()) == 4
     summary = json.loads((out / "summary.json").read_text())
     assert [(row["shots"], row["fmt"]) for row in summary["rows"]] == [(0, 0), (0, 1), (2, 0), (2, 1)]
@@ -84,6 +85,9 @@ def _bad_model(tmp_path: Path) -> str:
         (["--task", "sentiment", "--test-set", "sst2", "--model", "/no/such/model"], "no such directory"),
         (["--task", "sentiment", "--test-set", "sst2", "--model", "BROKEN", "--limit", "2"], "cannot load model"),
         (["--task", "sentiment", "--test-set", "sst2", "--backend", "vllm"], "needs vLLM"),
+        (["--task", "sentiment", "--test-set", "sst2", "--batch-size", "0"], "--batch-size: expected a positive"),
+        (["--task", "sentiment", "--test-set", "sst2", "--batch-size", "big"], "integer or 'auto', got 'big'"),
+        (["--task", "sentiment", "--test-set", "sst2", "--model", "RANDOM"], "random weights are for benchmarks"),
     ],
 )
 def test_eval_bad_input_is_one_line_exit_2(paper_data, tmp_path, case, expected):
@@ -93,6 +97,7 @@ def test_eval_bad_input_is_one_line_exit_2(paper_data, tmp_path, case, expected)
         "EMPTY": str(tmp_path / "empty.json"),
         "EMPTY_LIST": str(tmp_path / "empty_list.json"),
         "BROKEN": _bad_model(tmp_path),
+        "RANDOM": f"random:{tmp_path / 'llama.json'}",  # refused whether or not the config exists
     }
     args = [subst.get(a, a) for a in case]
     r = ftgen("eval", *args, "--data-dir", str(paper_data), "--out", str(tmp_path / "out"))

@@ -96,14 +96,50 @@ def test_multi_token_label_scoring_rules(default_model, paper_data):
     assert sum(by_sum.metrics["pred_share"].values()) == pytest.approx(100.0)
 
 
-def test_batch_size_does_not_change_results(default_model_fp32, paper_data):
+# Measured with memory.SimulatedLimit on these rows (fp32): the longest batch of 8 needs over 40 MB, of 4
+# under 30 MB (classification and generation alike), so under 32 MB "auto" must go 16 (or 8) -> ... -> 4.
+LIMIT = "32MB"
+
+
+@pytest.mark.parametrize("kind", ["classification", "generation"])
+def test_fp32_results_do_not_depend_on_the_batch_size(default_model_fp32, paper_data, kind):
     model, tok = default_model_fp32
-    task, records, shots = _data(paper_data, "sentiment", "sst2", 8, 2)
-    one = evaluate(model, tok, task, records, shots=shots, batch_size=1)
-    eight = evaluate(model, tok, task, records, shots=shots, batch_size=8)
-    assert [p["prediction"] for p in one.predictions] == [p["prediction"] for p in eight.predictions]
-    assert _max_logprob_diff(one.predictions, eight.predictions, task.labels) < 1e-3
-    assert one.metrics["accuracy"] == eight.metrics["accuracy"]
+    if kind == "classification":
+        task, records, shots = _data(paper_data, "sentiment", "sst2", 16, 2)
+    else:
+        task, records, shots = _data(paper_data, "question", "socialqa", 8, 1)
+        task = task.model_copy(update={"max_new_tokens": 8})
+    runs = {b: evaluate(model, tok, task, records, shots=shots, batch_size=b) for b in (1, 3, 16)}
+    runs["auto"] = evaluate(model, tok, task, records, shots=shots, batch_size="auto", memory_limit=LIMIT)
+    assert [r.metrics["batch_size"] for r in runs.values()] == [1, 3, 16 if kind == "classification" else 8, 4]
+    first = runs[1].predictions
+    for r in runs.values():
+        assert [p["prediction"] for p in r.predictions] == [p["prediction"] for p in first]
+        if kind == "classification":
+            assert _max_logprob_diff(r.predictions, first, task.labels) < 1e-4
+        else:
+            assert [p["generated"] for p in r.predictions] == [p["generated"] for p in first]
+        assert r.metrics["score"] == runs[1].metrics["score"]
+
+
+def test_auto_finds_the_largest_halving_that_fits(default_model_fp32, paper_data, monkeypatch):
+    model, tok = default_model_fp32
+    task, records, shots = _data(paper_data, "sentiment", "sst2", 16, 2)
+    monkeypatch.setenv("FTGEN_MEMORY_LIMIT", LIMIT)  # the injected limit, from the environment
+    auto = evaluate(model, tok, task, records, shots=shots, batch_size="auto").metrics["batch_size"]
+    assert auto == 4
+    assert evaluate(model, tok, task, records, shots=shots, batch_size=auto).metrics["batch_size"] == auto  # fits
+    with pytest.raises(UserError, match=f"out of memory at batch size {2 * auto}: use batch size auto"):
+        evaluate(model, tok, task, records, shots=shots, batch_size=2 * auto)  # twice that does not
+    with pytest.raises(UserError, match="out of memory even at batch size 1"):
+        evaluate(model, tok, task, records, batch_size="auto", memory_limit="50kB")  # never retries forever
+
+
+def test_auto_is_16_on_a_cpu(default_model, paper_data):
+    model, tok = default_model
+    task, records, _ = _data(paper_data, "sentiment", "sst2", 17, 0)
+    assert evaluate(model, tok, task, records).metrics["batch_size"] == 16  # "auto" is the default
+    assert evaluate(model, tok, task, records[:5], batch_size="auto").metrics["batch_size"] == 5
 
 
 def test_long_record_is_truncated_counted_and_keeps_the_label_cue(default_model, paper_data):
@@ -159,6 +195,8 @@ def test_bad_arguments_are_user_errors(default_model, paper_data):
         evaluate(model, tok, task, records, scoring="max")
     with pytest.raises(UserError, match="unknown backend"):
         evaluate(model, tok, task, records, backend="tgi")
+    with pytest.raises(UserError, match="batch size: expected a positive integer or 'auto'"):
+        evaluate(model, tok, task, records, batch_size=0)
 
 
 def test_vllm_backend_without_vllm_is_a_clear_error(default_model, paper_data):

@@ -33,7 +33,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Inspect and validate datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-bench_app = typer.Typer(help="Benchmarks (their code is in benchmarks/ of the source checkout).", no_args_is_help=True)
+bench_app = typer.Typer(help="Speed benchmarks and the GPU device check (ftgen.bench).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 
@@ -176,18 +176,30 @@ def eval_cmd(
     scoring: Annotated[
         str, typer.Option(help="Label scoring: sum, mean (per token) or first-token (the paper).")
     ] = "sum",
-    batch_size: Annotated[int, typer.Option(help="Records per forward pass.")] = 16,
+    batch_size: Annotated[
+        str,
+        typer.Option(
+            help="Records per forward pass, or auto: the largest that fits on a GPU (halving on out-of-memory), "
+            "16 on a CPU. Results do not depend on it (bf16 rounding aside)."
+        ),
+    ] = "auto",
     shot_seed: Annotated[
         int | None, typer.Option(help="Sample the shots with this seed instead of the first k.")
     ] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Drop and count invalid records instead of failing.")] = False,
     dtype: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32.")] = "auto",
     max_length: Annotated[int | None, typer.Option(help="Longest prompt in tokens (longer: truncated).")] = None,
-    backend: Annotated[str, typer.Option(help="hf, or vllm on a GPU (pip install 'ftgen[gpu]').")] = "hf",
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="hf, or vllm on a GPU (pip install 'ftgen[gpu]'). The vllm backend has NOT been run on a GPU by "
+            "this project: only its contract with vLLM's documented API is tested."
+        ),
+    ] = "hf",
     task_dir: TaskDirOpt = None,
 ):
     """Evaluate one model on test sets of a task, 0-shot and k-shot; print a summary table."""
-    from ftgen.evaluate import run_eval
+    from ftgen.eval_run import run_eval
 
     rows = run_eval(
         model,
@@ -211,25 +223,15 @@ def eval_cmd(
         if "pred_share" in r:
             r["predicted"] = " / ".join(f"{lab} {v:.0f}%" for lab, v in r["pred_share"].items())
     extra = ["macro_f1", "predicted"] if "pred_share" in rows[0] else ["bleu"]
-    columns = ["test_set", "shots", "fmt", "metric", "score", *extra, "n", "truncated", "seconds", "ex_s"]
+    columns = ["test_set", "shots", "fmt", "metric", "score", *extra, "n", "truncated", "seconds", "ex_s", "batch"]
     print_table(f"{model} on {task}", rows, columns)
     print(f"wrote {Path(out) / 'summary.json'}")
 
 
-def _benchmark(name: str):
-    """Import benchmarks/NAME.py of the source checkout this ftgen runs from."""
-    import importlib.util
+def _bench_batch(value: str) -> int | str:
+    from ftgen.memory import check_batch_size
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
-    if not path.exists():
-        raise UserError(f"{path}: benchmarks run from ftgen's source checkout (pip install -e .)")
-    module_name = f"ftgen_benchmarks_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
+    return check_batch_size(value, "--batch-size")
 
 
 @bench_app.command("eval")
@@ -244,19 +246,26 @@ def bench_eval_cmd(
     gen_records: Annotated[int, typer.Option(help="Records of the generation benchmark.")] = 24,
     gen_shots: Annotated[int, typer.Option(help="In-context examples (generation).")] = 1,
     gen_dtype: Annotated[str, typer.Option(help="dtype of the generation benchmark (identity needs fp32).")] = "fp32",
-    batch_size: Annotated[int, typer.Option(help="Batch size of ftgen and lm-eval.")] = 16,
+    batch_size: Annotated[
+        str,
+        typer.Option(
+            help="Examples per forward pass of ftgen and lm-eval, or auto (lm-eval's own auto on a GPU; 16 on a CPU)."
+        ),
+    ] = "auto",
     dtype: Annotated[str, typer.Option(help="dtype of the classification benchmark (agreement needs fp32).")] = "fp32",
     lm_eval_tokenization: Annotated[
         str, typer.Option(help="ftgen: lm-eval gets ftgen's segment-wise token ids; native: stock HFLM.")
     ] = "ftgen",
     only: Annotated[str | None, typer.Option(help="Run one part only: classification or generation.")] = None,
+    model: Annotated[str, typer.Option(help="Model: default, a HF id, a checkpoint, or random:CONFIG.")] = "default",
 ):
     """ftgen vs lm-evaluation-harness (k-shot classification) and batched vs one-by-one generate."""
-    bench = _benchmark("bench_eval")
+    from ftgen.bench import eval as bench
+
     if only not in (None, "classification", "generation"):
         raise UserError(f"--only: use classification or generation, not '{only}'")
     bench.run(
-        data_dir=data_dir or bench.DEFAULT_DATA,
+        data_dir=data_dir,
         records=records,
         shots=shots,
         sets=_csv(sets),
@@ -264,10 +273,11 @@ def bench_eval_cmd(
         gen_records=gen_records,
         gen_shots=gen_shots,
         gen_dtype=gen_dtype,
-        batch_size=batch_size,
+        batch_size=_bench_batch(batch_size),
         dtype=dtype,
         lm_eval_tokenization=lm_eval_tokenization,
         parts=(only,) if only else ("classification", "generation"),
+        model=model,
     )
 
 
@@ -277,31 +287,67 @@ def bench_train_cmd(
     task: Annotated[str, typer.Option(help="Task whose in-domain train set is used.")] = "sentiment",
     records: Annotated[int, typer.Option(help="Training records (one epoch).")] = 128,
     max_length: Annotated[int, typer.Option(help="Longest training sequence in tokens.")] = 512,
-    batch_size: Annotated[int, typer.Option(help="Effective batch of both trainers.")] = 16,
-    baseline_micro_batch_size: Annotated[int, typer.Option(help="Micro-batch of the Trainer baseline.")] = 4,
-    micro_batch_size: Annotated[int | None, typer.Option(help="ftgen's micro-batch cap (its default).")] = None,
+    effective_batch_size: Annotated[int, typer.Option(help="Examples per optimizer step of every trainer.")] = 16,
+    baseline: Annotated[
+        str, typer.Option(help="Baselines, comma list: trainer (transformers.Trainer), trl (TRL's SFTTrainer).")
+    ] = "trainer",
+    baseline_micro_batch_size: Annotated[int, typer.Option(help="Examples per forward pass of the baselines.")] = 4,
+    baseline_order: Annotated[
+        str, typer.Option(help="ftgen: the baselines get ftgen's batches in its order; random: their own shuffle.")
+    ] = "ftgen",
+    trl_gradient_checkpointing: Annotated[
+        bool, typer.Option(help="TRL's gradient checkpointing (on: TRL's default; off: the same work as ftgen).")
+    ] = True,
+    micro_batch_size: Annotated[
+        int | None, typer.Option(help="ftgen's cap on examples per forward pass (its default).")
+    ] = None,
     micro_batch_tokens: Annotated[int | None, typer.Option(help="ftgen's token cap (its default).")] = None,
-    lr: Annotated[float, typer.Option(help="Learning rate of both trainers.")] = 2e-5,
-    model: Annotated[str, typer.Option(help="Model to fine-tune.")] = "default",
-    repeat: Annotated[int, typer.Option(help="Rounds, alternating which trainer goes first; best time.")] = 1,
+    lr: Annotated[float, typer.Option(help="Learning rate of every trainer.")] = 2e-5,
+    model: Annotated[str, typer.Option(help="Model to fine-tune (random:CONFIG too).")] = "default",
+    dtype: Annotated[str, typer.Option(help="Compute dtype: auto, bf16, fp16, fp32.")] = "auto",
+    repeat: Annotated[int, typer.Option(help="Rounds, rotating which trainer goes first; best time.")] = 1,
     out: Annotated[Path | None, typer.Option(help="Also write the numbers to this JSON file.")] = None,
 ):
-    """ftgen's trainer vs a plain transformers.Trainer on the same epoch: tokens/s, losses, MFU."""
-    bench = _benchmark("bench_train")
+    """ftgen's trainer vs transformers.Trainer / TRL's SFTTrainer on the same batches: tokens/s, losses, MFU."""
+    from ftgen.bench import train as bench
+
     bench.run(
-        data_dir=data_dir or bench.DEFAULT_DATA,
+        data_dir=data_dir,
         task=task,
         records=records,
         max_length=max_length,
-        batch_size=batch_size,
+        batch_size=effective_batch_size,
         baseline_micro_batch_size=baseline_micro_batch_size,
         micro_batch_size=micro_batch_size,
         micro_batch_tokens=micro_batch_tokens,
         lr=lr,
         model=model,
         repeat=repeat,
+        baselines=tuple(_csv(baseline)),
+        dtype=dtype,
         out=out,
+        baseline_order=baseline_order,
+        trl_checkpointing=trl_gradient_checkpointing,
     )
+
+
+@bench_app.command("gpu")
+def bench_gpu_cmd(
+    out: Annotated[Path, typer.Option(help="Where the check writes its files and summary.json.")] = Path(
+        "runs/bench-gpu"
+    ),
+    data_dir: DataDirOpt = None,
+    quick: Annotated[bool, typer.Option("--quick/--no-quick", help="Tiny sizes (a CPU, a smoke test).")] = False,
+    steps: Annotated[str, typer.Option(help="Comma list of steps.")] = "models,eval,train,estimate,study",
+    paper_config: Annotated[Path, typer.Option(help="The study config to estimate.")] = Path("configs/paper.yaml"),
+):
+    """The device check, ~10 minutes on one GPU: models, eval at auto vs 16, bench train, a calibrated estimate.
+
+    Also: the paper grid's estimate from rates measured with a random-weight 7B model, and a timed small study;
+    one summary at the end. --quick: tiny sizes, for a CPU."""
+    from ftgen.bench import gpu
+
+    gpu.run(out, data_dir, quick=quick, steps=tuple(_csv(steps)), paper_config=paper_config)
 
 
 analyze_app = typer.Typer(help="How far fine-tuning moved a model from its base.", no_args_is_help=True)

@@ -18,6 +18,14 @@ Generation: greedy, batched with left padding after the cached prefix (explicit 
 row's positions equal to its unpadded ones), rows sorted by length, finished rows dropped from the batch.
 A row stops at EOS, at `max_new_tokens`, or once its stripped output contains a blank line; the metric
 sees the first paragraph of the stripped output, as in the paper.
+
+Batch size: rows are batched longest first; `batch_size="auto"` (the default) takes the largest batch
+that fits on a GPU, halving on out-of-memory, and 16 on a CPU (ftgen.memory). Results do not depend on
+the batch: in fp32 the predictions are identical for every batch size (tested); in bf16 a different
+batch shape rounds the matmuls differently, so log-probs move in the last bits and a near-tie record
+may flip (the only difference).
+
+The vLLM backend lives in ftgen.vllm_backend, the `ftgen eval` runner in ftgen.eval_run.
 """
 
 from __future__ import annotations
@@ -26,7 +34,6 @@ import copy
 import hashlib
 import inspect
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +41,8 @@ import torch
 
 from ftgen import metrics as M
 from ftgen.errors import UserError
-from ftgen.files import atomic_write_json, atomic_write_jsonl, ensure_writable_dir
+from ftgen.files import atomic_write_json, atomic_write_jsonl
+from ftgen.memory import check_batch_size, injected_limit, run_in_batches
 from ftgen.progress import bar
 from ftgen.prompts import Prompt, encode_prompt, encode_text, fit_prompt, render_context, separator_after
 from ftgen.tasks import TaskDef
@@ -51,8 +59,8 @@ class EvalResult:
 
 
 @dataclass
-class _Item:
-    """One record, ready for the model."""
+class Item:
+    """One record, ready for a backend: its prompt and token ids (the shared context is apart)."""
 
     record: dict
     prompt: Prompt
@@ -68,6 +76,13 @@ def prompt_hash(text: str) -> str:
 def stops(text: str) -> bool:
     """True once a generated text holds a blank line after some content."""
     return STOP in text.lstrip()
+
+
+def cut_at_stop(text: str) -> str:
+    """A text generated past the stop rule, cut right after its first blank line that follows some content."""
+    lead = len(text) - len(text.lstrip())
+    cut = text.find(STOP, lead)
+    return text if cut < 0 else text[: cut + len(STOP)]
 
 
 # ---------------------------------------------------------------- preparation
@@ -99,12 +114,13 @@ def _prepare(task: TaskDef, records: list[dict], context: str, fmt: int, tokeniz
         labels = [encode_label(sep + lab) for lab in task.labels] if task.kind == "classification" else []
         if any(not ids for ids in labels):
             raise UserError(f"task '{task.name}': a label word encodes to no tokens")
-        items.append(_Item(rec, prompt, enc.query, labels))
+        items.append(Item(rec, prompt, enc.query, labels))
     return context_ids or [], items
 
 
-def _batches(order: list[int], batch_size: int) -> list[list[int]]:
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+def _longest_first(items: list[Item]) -> list[int]:
+    """Row order for batching: longest first (the costliest batch runs first, little padding), ties by index."""
+    return sorted(range(len(items)), key=lambda i: (-len(items[i].query), i))
 
 
 # ---------------------------------------------------------------- HF backend: shared pieces
@@ -170,7 +186,7 @@ def _tree_mask_ok(model) -> bool:
 
 
 @torch.inference_mode()
-def _label_logprobs_tree(model, items: list[_Item], prefix, n_prefix: int, pad_id: int) -> list[list[list[float]]]:
+def _label_logprobs_tree(model, items: list[Item], prefix, n_prefix: int, pad_id: int) -> list[list[list[float]]]:
     """Per item, per label, the log-prob of each label token: one forward, all labels as a tree."""
     device, dtype = _device(model), model.dtype
     rows, segs, poss = [], [], []
@@ -227,7 +243,7 @@ def _label_logprobs_tree(model, items: list[_Item], prefix, n_prefix: int, pad_i
 
 
 @torch.inference_mode()
-def _label_logprobs_plain(model, items: list[_Item], context_ids: list[int], pad_id: int) -> list[list[list[float]]]:
+def _label_logprobs_plain(model, items: list[Item], context_ids: list[int], pad_id: int) -> list[list[list[float]]]:
     """The reference computation: every (record, label) is a full sequence, no cache, no tree."""
     device = _device(model)
     rows = [context_ids + it.query + lab for it in items for lab in it.labels]
@@ -254,14 +270,14 @@ def _label_logprobs_plain(model, items: list[_Item], context_ids: list[int], pad
     return out
 
 
-def _classify_hf(model, tokenizer, items, context_ids, batch_size, prefix_cache, tick) -> list[list[list[float]]]:
+def _classify_hf(model, tokenizer, items, context_ids, batch_size, prefix_cache, tick, limit) -> tuple[list, int]:
+    """(per item, per label, token log-probs; the batch size used)."""
     pad_id = _pad_id(tokenizer)
     tree = prefix_cache and _tree_mask_ok(model)
     prefix = _encode_prefix(model, context_ids) if tree else None
-    # Longest first: the largest batch comes first (an out-of-memory error shows at once), little padding.
-    order = sorted(range(len(items)), key=lambda i: (-len(items[i].query), i))
     result: list = [None] * len(items)
-    for idx in _batches(order, batch_size):
+
+    def process(idx: list[int]) -> None:
         batch = [items[i] for i in idx]
         if tree:
             scores = _label_logprobs_tree(model, batch, prefix, len(context_ids), pad_id)
@@ -270,7 +286,9 @@ def _classify_hf(model, tokenizer, items, context_ids, batch_size, prefix_cache,
         for i, s in zip(idx, scores, strict=True):
             result[i] = s
         tick(len(idx))
-    return result
+
+    used = run_in_batches(process, _longest_first(items), batch_size, device=_device(model), limit=limit)
+    return result, used
 
 
 def label_score(token_logprobs: list[float], scoring: str) -> float:
@@ -297,9 +315,10 @@ def _eos_ids(model, tokenizer) -> set[int]:
 
 @torch.inference_mode()
 def _generate_batch(
-    model, tokenizer, items: list[_Item], prefix, context_ids: list[int], max_new_tokens: int, eos: set[int]
-) -> list[str]:
-    """Greedy continuations of a batch of prompts, stopped per row (EOS, blank line, max_new_tokens)."""
+    model, tokenizer, items: list[Item], prefix, context_ids: list[int], max_new_tokens: int, eos: set[int]
+) -> tuple[list[str], int]:
+    """(greedy continuations of a batch of prompts, stopped per row (EOS, blank line, max_new_tokens);
+    the number of decoding steps the batch took)."""
     device = _device(model)
     n_prefix = len(context_ids) if prefix is not None else 0
     rows = [it.query if prefix is not None else context_ids + it.query for it in items]
@@ -327,6 +346,7 @@ def _generate_batch(
     last_pos = position_ids[:, -1]
     generated: list[list[int]] = [[] for _ in rows]
     active = list(range(n))  # rows of `items` still in the batch
+    steps = 0
     for step in range(max_new_tokens):
         keep = []
         for r, b in enumerate(active):
@@ -338,6 +358,7 @@ def _generate_batch(
                 keep.append(r)
         if not keep:
             break
+        steps += 1
         if len(keep) < len(active):  # drop finished rows: no more compute spent on them
             sel = torch.tensor(keep, device=device)
             cache.batch_select_indices(sel)
@@ -355,85 +376,27 @@ def _generate_batch(
             **{cache_kw: cache},
         )
         next_ids = logits[:, -1].float().argmax(-1)
-    return [tokenizer.decode(g, skip_special_tokens=True) for g in generated]
+    return [tokenizer.decode(g, skip_special_tokens=True) for g in generated], steps
 
 
-def _generate_hf(model, tokenizer, task, items, context_ids, batch_size, prefix_cache, tick) -> list[str]:
+def _generate_hf(model, tokenizer, task, items, context_ids, batch_size, prefix_cache, tick, limit):
+    """(generated texts; the batch size used; decoding steps over all batches)."""
     prefix = _encode_prefix(model, context_ids) if prefix_cache else None
     eos = _eos_ids(model, tokenizer)
-    order = sorted(range(len(items)), key=lambda i: (-len(items[i].query), i))
     result: list = [None] * len(items)
-    for idx in _batches(order, batch_size):
-        texts = _generate_batch(
-            model, tokenizer, [items[i] for i in idx], prefix, context_ids, task.max_new_tokens, eos
-        )
+    steps = 0
+
+    def process(idx: list[int]) -> None:
+        nonlocal steps
+        batch = [items[i] for i in idx]
+        texts, n = _generate_batch(model, tokenizer, batch, prefix, context_ids, task.max_new_tokens, eos)
         for i, t in zip(idx, texts, strict=True):
             result[i] = t
+        steps += n
         tick(len(idx))
-    return result
 
-
-# ---------------------------------------------------------------- vLLM backend (GPU, optional)
-
-
-def _vllm():
-    try:
-        import vllm
-    except ImportError:
-        raise UserError("--backend vllm needs vLLM on a GPU machine: pip install 'ftgen[gpu]'") from None
-    return vllm
-
-
-def load_vllm(name_or_path: str, dtype: str = "auto"):
-    """(vllm.LLM, tokenizer) with prefix caching on; an adapter must be merged into a checkpoint first."""
-    from ftgen.models import is_adapter_dir, resolve_model
-
-    vllm = _vllm()
-    path = resolve_model(name_or_path)
-    if is_adapter_dir(path):
-        raise UserError(f"{path}: the vllm backend takes a full checkpoint, not an adapter dir (merge it first)")
-    names = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-    llm = vllm.LLM(model=path, dtype=names.get(dtype, dtype), enable_prefix_caching=True)
-    return llm, llm.get_tokenizer()
-
-
-def _vllm_max_length(llm) -> int:
-    return int(llm.llm_engine.model_config.max_model_len)
-
-
-def _classify_vllm(llm, items, context_ids) -> list[list[list[float]]]:
-    vllm = _vllm()
-    from vllm.inputs import TokensPrompt
-
-    # vLLM's automatic prefix caching shares the context's KV blocks across all these requests.
-    prompts = [TokensPrompt(prompt_token_ids=context_ids + it.query + lab) for it in items for lab in it.labels]
-    params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
-    outs = iter(llm.generate(prompts, params, use_tqdm=False))
-    result = []
-    for it in items:
-        per_label = []
-        for lab in it.labels:
-            plp = next(outs).prompt_logprobs
-            n = len(context_ids) + len(it.query)
-            per_label.append([plp[n + t][tok].logprob for t, tok in enumerate(lab)])
-        result.append(per_label)
-    return result
-
-
-def _generate_vllm(llm, task, items, context_ids) -> list[str]:
-    vllm = _vllm()
-    from vllm.inputs import TokensPrompt
-
-    prompts = [TokensPrompt(prompt_token_ids=context_ids + it.query) for it in items]
-    params = vllm.SamplingParams(max_tokens=task.max_new_tokens, temperature=0.0)
-    texts = []
-    for out in llm.generate(prompts, params, use_tqdm=False):
-        text = out.outputs[0].text
-        # vLLM's stop strings would also stop on a leading blank line: cut after the same rule instead.
-        lead = len(text) - len(text.lstrip())
-        cut = text.find(STOP, lead)
-        texts.append(text if cut < 0 else text[: cut + len(STOP)])
-    return texts
+    used = run_in_batches(process, _longest_first(items), batch_size, device=_device(model), limit=limit)
+    return result, used, steps
 
 
 # ---------------------------------------------------------------- the engine
@@ -448,18 +411,22 @@ def evaluate(
     shots: list[dict] | None = None,
     fmt: int = 0,
     scoring: str = "sum",
-    batch_size: int = 16,
+    batch_size: int | str = "auto",
     max_length: int | None = None,
     backend: str = "hf",
     prefix_cache: bool = True,
+    memory_limit: int | str | None = None,
     desc: str = "eval",
 ) -> EvalResult:
     """Evaluate a loaded model on `records` of `task` with `shots` as in-context examples.
 
     `max_length` defaults to the model's limit; prompts longer than it are truncated by the documented
-    rule (the query's input field is cut) and counted in `metrics["truncated"]`. `prefix_cache=False`
-    runs the plain reference computation (no shared KV cache, no label tree). `backend="vllm"` takes a
-    `vllm.LLM` as `model` (see `load_vllm`). `desc` labels the progress bar.
+    rule (the query's input field is cut) and counted in `metrics["truncated"]`. `batch_size`: records
+    per forward pass, or "auto" (see ftgen.memory; the size used is `metrics["batch_size"]`).
+    `memory_limit` (bytes or "200MB"; default: FTGEN_MEMORY_LIMIT) simulates a device that holds no more,
+    for tests. `prefix_cache=False` runs the plain reference computation (no shared KV cache, no label
+    tree). `backend="vllm"` takes a `vllm.LLM` as `model` (see ftgen.vllm_backend.load_vllm).
+    `desc` labels the progress bar.
     """
     if scoring not in SCORING:
         raise UserError(f"unknown scoring '{scoring}' (use {', '.join(SCORING)})")
@@ -467,69 +434,29 @@ def evaluate(
         raise UserError(f"unknown backend '{backend}' (use {', '.join(BACKENDS)})")
     if not records:
         raise UserError(f"task '{task.name}': no records to evaluate")
-    if batch_size < 1:
-        raise UserError(f"batch size must be >= 1, got {batch_size}")
+    batch_size = check_batch_size(batch_size, "batch size")
+    limit = injected_limit(memory_limit)
     if backend == "vllm":
-        _vllm()  # installed?
+        from ftgen import vllm_backend
+
+        vllm_backend.vllm_module()  # installed?
     t0 = time.perf_counter()
     shots = shots or []
     if max_length is None:
-        from ftgen.models import max_length as model_max_length
-
-        max_length = _vllm_max_length(model) if backend == "vllm" else model_max_length(model, tokenizer)
+        max_length = _model_max_length(model, tokenizer, backend)
     context = render_context(task, shots, fmt)
     context_ids, items = _prepare(task, records, context, fmt, tokenizer, max_length)
-
     with bar(total=len(items), desc=desc, unit="rec") as pbar:
-        if task.kind == "classification":
-            if backend == "vllm":
-                logprobs = _classify_vllm(model, items, context_ids)
-            else:
-                logprobs = _classify_hf(model, tokenizer, items, context_ids, batch_size, prefix_cache, pbar.update)
-        elif backend == "vllm":
-            texts = _generate_vllm(model, task, items, context_ids)
-        else:
-            texts = _generate_hf(model, tokenizer, task, items, context_ids, batch_size, prefix_cache, pbar.update)
-
-    predictions = []
-    golds = [it.record["output"] for it in items]
+        run = _run_backend(model, tokenizer, task, items, context_ids, backend, batch_size, prefix_cache, pbar, limit)
     if task.kind == "classification":
-        preds = []
-        for it, lps in zip(items, logprobs, strict=True):
-            scores = {lab: label_score(lp, scoring) for lab, lp in zip(task.labels, lps, strict=True)}
-            pred = max(task.labels, key=lambda lab: scores[lab])  # ties: the first label in task order
-            preds.append(pred)
-            predictions.append(
-                {
-                    "id": it.record["id"],
-                    "prompt_hash": prompt_hash(it.prompt.text),
-                    "prediction": pred,
-                    "gold": it.record["output"],
-                    "scores": scores,
-                    "logprobs": {lab: sum(lp) for lab, lp in zip(task.labels, lps, strict=True)},
-                    "truncated": it.prompt.truncated,
-                }
-            )
-        task_metrics = M.classification_metrics(preds, golds, task.labels)
-        score = task_metrics["accuracy"]
+        predictions, task_metrics = _classification_outputs(task, items, run["logprobs"], scoring)
     else:
-        for it, text in zip(items, texts, strict=True):
-            predictions.append(
-                {
-                    "id": it.record["id"],
-                    "prompt_hash": prompt_hash(it.prompt.text),
-                    "prediction": M.first_paragraph(text),
-                    "gold": it.record["output"],
-                    "generated": text,
-                    "truncated": it.prompt.truncated,
-                }
-            )
-        task_metrics = M.generation_metrics(texts, golds)
-        score = task_metrics[task.metric]
+        predictions, task_metrics = _generation_outputs(task, items, run["texts"])
     seconds = time.perf_counter() - t0
+    work = len(context_ids) + sum(len(it.query) + sum(map(len, it.labels)) for it in items)
     metrics = {
         "metric": task.metric,
-        "score": score,
+        "score": task_metrics["accuracy" if task.kind == "classification" else task.metric],
         "n": len(items),
         "truncated": sum(it.prompt.truncated for it in items),
         "seconds": round(seconds, 3),
@@ -540,10 +467,83 @@ def evaluate(
         "scoring": scoring if task.kind == "classification" else None,
         "max_length": max_length,
         "context_tokens": len(context_ids),
+        "prompt_tokens": work,  # context once + every query (+ label) token: the prefill work
         "backend": backend,
+        "batch_size": run["batch_size"],
+        **({"decode_steps": run["steps"]} if "steps" in run else {}),
         **task_metrics,
     }
     return EvalResult(metrics, predictions)
+
+
+def _model_max_length(model, tokenizer, backend: str) -> int:
+    if backend == "vllm":
+        from ftgen.vllm_backend import vllm_max_length
+
+        return vllm_max_length(model)
+    from ftgen.models import max_length
+
+    return max_length(model, tokenizer)
+
+
+def _run_backend(model, tokenizer, task, items, context_ids, backend, batch_size, prefix_cache, pbar, limit) -> dict:
+    """The model's raw output for every item: label log-probs or generated texts, and how it was batched."""
+    if backend == "vllm":
+        from ftgen import vllm_backend
+
+        if task.kind == "classification":
+            out = {"logprobs": vllm_backend.classify(model, items, context_ids)}
+        else:
+            out = {"texts": [cut_at_stop(t) for t in vllm_backend.generate(model, task, items, context_ids)]}
+        pbar.update(len(items))
+        return out | {"batch_size": None}  # vLLM schedules its own batches
+    if task.kind == "classification":
+        logprobs, used = _classify_hf(
+            model, tokenizer, items, context_ids, batch_size, prefix_cache, pbar.update, limit
+        )
+        return {"logprobs": logprobs, "batch_size": used}
+    texts, used, steps = _generate_hf(
+        model, tokenizer, task, items, context_ids, batch_size, prefix_cache, pbar.update, limit
+    )
+    return {"texts": texts, "batch_size": used, "steps": steps}
+
+
+def _classification_outputs(task: TaskDef, items: list[Item], logprobs, scoring: str) -> tuple[list[dict], dict]:
+    """(one prediction row per item, the task metrics): the label with the best score wins."""
+    predictions, preds = [], []
+    for it, lps in zip(items, logprobs, strict=True):
+        scores = {lab: label_score(lp, scoring) for lab, lp in zip(task.labels, lps, strict=True)}
+        pred = max(task.labels, key=lambda lab: scores[lab])  # ties: the first label in task order
+        preds.append(pred)
+        predictions.append(
+            {
+                "id": it.record["id"],
+                "prompt_hash": prompt_hash(it.prompt.text),
+                "prediction": pred,
+                "gold": it.record["output"],
+                "scores": scores,
+                "logprobs": {lab: sum(lp) for lab, lp in zip(task.labels, lps, strict=True)},
+                "truncated": it.prompt.truncated,
+            }
+        )
+    golds = [it.record["output"] for it in items]
+    return predictions, M.classification_metrics(preds, golds, task.labels)
+
+
+def _generation_outputs(task: TaskDef, items: list[Item], texts: list[str]) -> tuple[list[dict], dict]:
+    """(one prediction row per item, the task metrics): the metric sees each output's first paragraph."""
+    predictions = [
+        {
+            "id": it.record["id"],
+            "prompt_hash": prompt_hash(it.prompt.text),
+            "prediction": M.first_paragraph(text),
+            "gold": it.record["output"],
+            "generated": text,
+            "truncated": it.prompt.truncated,
+        }
+        for it, text in zip(items, texts, strict=True)
+    ]
+    return predictions, M.generation_metrics(texts, [it.record["output"] for it in items])
 
 
 def write_eval_outputs(result: EvalResult, out_dir: Path) -> None:
@@ -551,179 +551,3 @@ def write_eval_outputs(result: EvalResult, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     atomic_write_json(out_dir / "metrics.json", result.metrics)
     atomic_write_jsonl(out_dir / "predictions.jsonl", result.predictions)
-
-
-# ---------------------------------------------------------------- `ftgen eval`
-
-
-@dataclass
-class _Cell:
-    test_set: str
-    records: list[dict]
-    report: object  # ftgen.data.LoadReport
-    shots: list[dict]
-    k: int
-    fmt: int
-
-
-def plan_eval(
-    task: TaskDef,
-    data_dir: str | Path | None,
-    test_sets: list[str] | None,
-    shots: list[int],
-    fmts: list[int],
-    *,
-    limit: int | None = None,
-    skip_invalid: bool = False,
-    shot_seed: int | None = None,
-) -> list[_Cell]:
-    """Load and check every test set, pool and format up front, so bad input fails before the model loads."""
-    from ftgen.data import load_pool, load_test_set, scan_task_files
-    from ftgen.prompts import select_shots
-
-    if not shots:
-        raise UserError("--shots: give at least one number of in-context examples")
-    if not fmts:
-        raise UserError("--prompt-format: give at least one prompt format")
-    for f in fmts:
-        if not 0 <= f < len(task.templates):
-            raise UserError(
-                f"prompt format {f} does not exist for task '{task.name}' "
-                f"(it has {len(task.templates)}: 0..{len(task.templates) - 1})"
-            )
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit must be >= 1, got {limit}")
-    if not test_sets:
-        if data_dir is None:
-            raise UserError("give --test-set, or --data-dir to evaluate every test set of the task")
-        test_sets = sorted(scan_task_files(data_dir, task).test)
-        if not test_sets:
-            raise UserError(f"no test sets for task '{task.name}' in {data_dir}")
-    cells = []
-    for name in dict.fromkeys(test_sets):
-        ds = load_test_set(data_dir, task, name, limit=limit, skip_invalid=skip_invalid)
-        pool = load_pool(data_dir, task, name).records if any(shots) else []
-        for k in dict.fromkeys(shots):
-            chosen = select_shots(pool, k, shot_seed)
-            cells += [_Cell(ds.name, ds.records, ds.report, chosen, k, f) for f in dict.fromkeys(fmts)]
-    return cells
-
-
-def run_eval(
-    model_name: str,
-    task_name: str,
-    out: str | Path,
-    *,
-    data_dir: str | Path | None = None,
-    test_sets: list[str] | None = None,
-    shots: Sequence[int] = (0,),
-    fmts: Sequence[int] = (0,),
-    limit: int | None = None,
-    scoring: str = "sum",
-    batch_size: int = 16,
-    shot_seed: int | None = None,
-    skip_invalid: bool = False,
-    dtype: str = "auto",
-    max_length: int | None = None,
-    backend: str = "hf",
-    task_dirs: list[str | Path] | None = None,
-) -> list[dict]:
-    """What `ftgen eval` does: check all input, load the model once, evaluate every (test set, shots, format).
-
-    Writes OUT/<test_set>/shots<k>_fmt<f>/{metrics.json,predictions.jsonl} and OUT/summary.json;
-    returns the summary rows.
-    """
-    from ftgen.models import choose_dtype, load_model
-    from ftgen.progress import log
-    from ftgen.tasks import load_task
-
-    task = load_task(task_name, task_dirs)
-    if scoring not in SCORING:
-        raise UserError(f"--scoring: unknown rule '{scoring}' (use {', '.join(SCORING)})")
-    if backend not in BACKENDS:
-        raise UserError(f"--backend: unknown backend '{backend}' (use {', '.join(BACKENDS)})")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-    if max_length is not None and max_length < 1:
-        raise UserError(f"--max-length must be >= 1, got {max_length}")
-    choose_dtype(dtype)  # an unknown dtype fails here, before anything is loaded
-    cells = plan_eval(
-        task, data_dir, test_sets, list(shots), list(fmts), limit=limit, skip_invalid=skip_invalid, shot_seed=shot_seed
-    )
-    for ds_name, report in {c.test_set: c.report for c in cells}.items():
-        if report.invalid or report.ignored:
-            log(f"ftgen: {ds_name}: {report.kept} records kept ({report.invalid} invalid, {report.ignored} unlabelled)")
-
-    ensure_writable_dir(out)  # before the model loads: a read-only --out fails at once
-    try:
-        if backend == "vllm":
-            model, tokenizer = load_vllm(model_name, dtype)
-        else:
-            model, tokenizer = load_model(model_name, dtype=dtype, verbose=True)
-    except UserError:
-        raise
-    except Exception as e:  # a broken checkpoint fails in many ways; the user needs the one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"cannot load model '{model_name}': {first}") from None
-
-    out = Path(out)
-    rows = []
-    for c in cells:
-        result = evaluate(
-            model,
-            tokenizer,
-            task,
-            c.records,
-            shots=c.shots,
-            fmt=c.fmt,
-            scoring=scoring,
-            batch_size=batch_size,
-            max_length=max_length,
-            backend=backend,
-            desc=f"{c.test_set} {c.k}-shot fmt {c.fmt}",
-        )
-        report = {k: v for k, v in vars(c.report).items() if k != "problems"}
-        result.metrics.update(
-            model=model_name, test_set=c.test_set, data=report, shot_ids=[s["id"] for s in c.shots], shot_seed=shot_seed
-        )
-        cell_dir = out / c.test_set / f"shots{c.k}_fmt{c.fmt}"
-        write_eval_outputs(result, cell_dir)
-        m = result.metrics
-        row = {
-            "model": model_name,
-            "task": task.name,
-            "test_set": c.test_set,
-            "shots": c.k,
-            "fmt": c.fmt,
-            "metric": m["metric"],
-            "score": round(m["score"], 2),
-            "n": m["n"],
-            "truncated": m["truncated"],
-            "seconds": m["seconds"],
-            "ex_s": m["examples_per_s"],
-            "dir": str(cell_dir),
-        }
-        if task.kind == "classification":
-            row["macro_f1"] = round(m["macro_f1"], 2)
-            row["pred_share"] = {lab: round(v, 1) for lab, v in m["pred_share"].items()}
-        else:
-            row["bleu"] = round(m["bleu"], 2)
-        rows.append(row)
-        log(f"ftgen: {c.test_set} {c.k}-shot fmt {c.fmt}: {m['metric']} {m['score']:.2f} ({m['n']} records)")
-    _update_summary(out / "summary.json", rows)
-    return rows
-
-
-def _update_summary(path: Path, rows: list[dict]) -> None:
-    """Merge rows into OUT/summary.json: several `ftgen eval` runs (tasks, models) may share one OUT."""
-    import json
-
-    def key(r: dict) -> tuple:
-        return r.get("model"), r.get("task"), r.get("test_set"), r.get("shots"), r.get("fmt")
-
-    try:
-        previous = json.loads(path.read_text()).get("rows", []) if path.exists() else []
-    except (OSError, ValueError, AttributeError):
-        previous = []  # unreadable: rewritten from this run's rows
-    new = {key(r) for r in rows}
-    atomic_write_json(path, {"rows": [r for r in previous if key(r) not in new] + rows})

@@ -176,6 +176,8 @@ def is_adapter_dir(path: str | Path) -> bool:
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
+    if is_random_model(name_or_path):
+        return random_model(name_or_path, meta=True)[1]
     path = resolve_model(name_or_path)
     if is_adapter_dir(path) and not (Path(path) / "tokenizer_config.json").exists():
         path = _adapter_base(path)
@@ -212,6 +214,8 @@ def load_model(
     _quiet_libraries()
     device = device or default_device()
     torch_dtype = choose_dtype(dtype, device)
+    if is_random_model(name_or_path):
+        return random_model(name_or_path, dtype=torch_dtype, device=device)
     path = resolve_model(name_or_path)
     t0 = time.perf_counter()
     try:
@@ -244,3 +248,50 @@ def max_length(model, tokenizer, cap: int | None = None) -> int:
     """The longest sequence the model takes (its position limit, the tokenizer's, and `cap`)."""
     limits = [getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length, cap]
     return min(x for x in limits if isinstance(x, int) and 0 < x < 10**9)
+
+
+# ---------------------------------------------------------------- random weights (benchmarks and calibration only)
+
+RANDOM_PREFIX = "random:"
+
+
+def is_random_model(name: object) -> bool:
+    """True for `random:CONFIG`: a model with random weights, which must never produce a stored result."""
+    return isinstance(name, str) and name.startswith(RANDOM_PREFIX)
+
+
+def random_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu", meta: bool = False):
+    """(model in eval mode, tokenizer) for `random:CONFIG_DIR_OR_JSON`, weights drawn with seed 0.
+
+    CONFIG is a directory holding config.json (its tokenizer too, if it has one) or a .json file. Without a
+    tokenizer of its own it gets the default model's, and its vocab_size must hold that tokenizer's ids.
+    `meta=True` builds no weights (the model is on the meta device): for the tokenizer and shapes alone.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source = Path(spec[len(RANDOM_PREFIX) :]).expanduser()
+    config_file = source / "config.json" if source.is_dir() else source
+    if not config_file.is_file() or config_file.suffix != ".json":
+        raise UserError(f"model '{spec}': expected random:DIR (holding config.json) or random:FILE.json")
+    try:
+        config = AutoConfig.from_pretrained(str(config_file))
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"model '{spec}': not a Hugging Face model config: {str(e).splitlines()[0]}") from None
+    has_tokenizer = source.is_dir() and any((source / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer = AutoTokenizer.from_pretrained(str(source)) if has_tokenizer else load_tokenizer("default")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    vocab = getattr(config, "vocab_size", None) or 0
+    if vocab < len(tokenizer):
+        raise UserError(
+            f"model '{spec}': vocab_size {vocab} is smaller than its tokenizer's {len(tokenizer)} tokens"
+            + ("" if has_tokenizer else " (the default model's tokenizer: set vocab_size or add a tokenizer)")
+        )
+    cuda = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), torch.device("meta" if meta else device):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.eval()
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

@@ -1,0 +1,11 @@
+"""`ftgen bench gpu` from a source checkout: `python benchmarks/bench_gpu.py [OPTIONS]` (code: ftgen.bench)."""
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from ftgen.cli import main
+
+    sys.argv = ["ftgen", "bench", "gpu", *sys.argv[1:]]
+    main()
