@@ -140,8 +140,7 @@ def reference_logprobs(model, prompt_ids: list[int], label_ids: list[int]) -> li
 
 def _shortest(records: list[dict], n: int) -> list[dict]:
     """The n records of the least text (the default model's forward passes stay cheap), in file order."""
-    keep = sorted(sorted(records, key=lambda r: len(json.dumps(r)))[:n], key=records.index)
-    return keep
+    return sorted(sorted(records, key=lambda r: len(json.dumps(r)))[:n], key=records.index)
 
 
 def _case(paper_data: Path, setup: str):
@@ -239,9 +238,9 @@ def _label_ids(tok, labels: list[str]) -> dict[str, list[int]]:
 
 
 def _assign(tok, task, records, bias, *, scoring: str, prefix_cache: bool, shots=()):
+    """evaluate() with a fresh stand-in model of this bias."""
     model = standin_model(len(tok), bias)
-    result = evaluate(model, tok, task, records, shots=list(shots), scoring=scoring, prefix_cache=prefix_cache)
-    return result
+    return evaluate(model, tok, task, records, shots=list(shots), scoring=scoring, prefix_cache=prefix_cache)
 
 
 @pytest.mark.parametrize("prefix_cache", [True, False])

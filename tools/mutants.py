@@ -183,6 +183,53 @@ MUTATIONS = [
         ],
         [T_FACTS + "test_each_cell_evaluated_what_its_config_asks_for"],
     ),
+    M(
+        "prompt: the tokenizer's BOS left out of the shared context",
+        "prompts.py",
+        [
+            (
+                "special_prefix(tokenizer) + encode_text(tokenizer, prompt.context)",
+                "encode_text(tokenizer, prompt.context)",
+            )
+        ],
+        [T_REF + "test_every_scoring_rule_equals_a_plain_forward_pass[bpe-inference-0]"],
+    ),
+    # ---------------------------------------------------------------- what a study's cell evaluates
+    M(
+        "cell: the study's scoring rule not handed to the evaluation",
+        "units.py",
+        [('scoring=p.scoring or "sum",', 'scoring="sum",')],
+        [T_FACTS + "test_each_cell_evaluated_what_its_config_asks_for"],
+    ),
+    M(
+        "cell: one in-context example fewer than its shots",
+        "units.py",
+        [("records, p.shots) if p.shots else []", "records, p.shots - 1) if p.shots else []")],
+        [T_FACTS + "test_each_cell_evaluated_what_its_config_asks_for"],
+    ),
+    M(
+        "cell: the record limit not handed to the test-set loader",
+        "units.py",
+        [("limit=p.limit, skip_invalid=p.skip_invalid)", "limit=None, skip_invalid=p.skip_invalid)")],
+        [T_FACTS + "test_each_cell_evaluated_what_its_config_asks_for"],
+    ),
+    M(
+        "cell: evaluated in the auto dtype, not the cell's",
+        "units.py",
+        [("models.get(job.model_path, p.dtype)", 'models.get(job.model_path, "auto")')],
+        [T_FACTS + "test_stored_log_probs_are_those_of_the_model_the_cell_names"],
+    ),
+    M(
+        "cell: a trained model's cells evaluate the base model",
+        "driver.py",
+        [
+            (
+                "self.submit_cells(self.plan.cells_of(run.key), str(self.model_dir(run)))",
+                "self.submit_cells(self.plan.cells_of(run.key), run.model)",
+            )
+        ],
+        [T_FACTS + "test_stored_log_probs_are_those_of_the_model_the_cell_names"],
+    ),
     # ---------------------------------------------------------------- training
     M(
         "loss mask: the first answer token is not trained",
@@ -239,6 +286,12 @@ MUTATIONS = [
                 'job = TrainJob(run.key, run.config.model_copy(update={"fticl_shots": 0}),',
             )
         ],
+        [T_FACTS + "test_training_runs_used_the_examples_their_config_asks_for"],
+    ),
+    M(
+        "FTICL: a method's own k ignored (the task's default k used)",
+        "validate.py",
+        [("    if isinstance(method.shots, int):\n        return method.shots\n", "")],
         [T_FACTS + "test_training_runs_used_the_examples_their_config_asks_for"],
     ),
     # ---------------------------------------------------------------- what determines a result (keys)
@@ -331,6 +384,17 @@ MUTATIONS = [
             (
                 "if not isinstance(score, (int, float)) or not _is_json(metrics, dict):",
                 "if not _is_json(metrics, dict):",
+            )
+        ],
+        [T_DAMAGED + "[score-lost]"],
+    ),
+    M(
+        "status --check: exit 0 whatever problems it prints",
+        "cli.py",
+        [
+            (
+                '        print(f"check: PROBLEM: {problem}")\n    if c["problems"]:\n        raise typer.Exit(1)\n',
+                '        print(f"check: PROBLEM: {problem}")\n',
             )
         ],
         [T_DAMAGED + "[score-lost]"],
