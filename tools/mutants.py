@@ -172,7 +172,7 @@ MUTATIONS = [
         "in-context examples: the pool's last k, not its first k",
         "prompts.py",
         [("return list(pool[:k])", "return list(pool[len(pool) - k :])")],
-        [T_FACTS + "test_each_cell_evaluated_what_its_config_asks_for"],
+        ["tests/test_prompts.py::test_shot_selection"],
     ),
     M(
         "a record limit applied after dropping unscorable records",
@@ -181,7 +181,7 @@ MUTATIONS = [
             ("    if limit is not None:\n        raw = raw[:limit]\n", ""),
             ("    report.kept = len(records)\n", "    records = records[:limit]\n    report.kept = len(records)\n"),
         ],
-        [T_FACTS + "test_each_cell_evaluated_what_its_config_asks_for"],
+        ["tests/test_data.py::test_multinli_dash_label_is_dropped_and_counted"],
     ),
     M(
         "prompt: the tokenizer's BOS left out of the shared context",
