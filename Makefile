@@ -5,7 +5,7 @@ FTGEN  := $(VENV)/bin/ftgen
 DATA   ?= ../shared/paper-data
 OUT    ?= runs/quick
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint mutants bench clean
 
 setup: $(VENV)/.installed
 
@@ -26,8 +26,12 @@ test: setup
 	$(VENV)/bin/pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
+	$(VENV)/bin/ruff format --check src tests benchmarks tools
+
+# The standing mutation check: targeted bugs applied to a copy of src/, each must fail its fast tests (~10 min).
+mutants: setup
+	$(PY) tools/mutants.py
 
 bench: setup
 	$(FTGEN) bench eval

@@ -39,6 +39,15 @@ def default_model_fp32():
 
 
 @pytest.fixture(scope="session")
+def uninterrupted(paper_data, tmp_path_factory):
+    """The tiny study of test_study.py run once, start to end (out dir, seconds, results): what the killed,
+    Ray and full-disk studies are compared with."""
+    from test_study import run_uninterrupted
+
+    return run_uninterrupted(paper_data, tmp_path_factory.mktemp("uninterrupted"))
+
+
+@pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     from ftgen.models import default_model_dir
 

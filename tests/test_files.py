@@ -3,8 +3,13 @@ and the writers: atomic, with the modes the umask gives."""
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +18,9 @@ import yaml
 from ftgen.errors import UserError, one_line
 from ftgen.files import (
     YAML_MAX_DEPTH,
+    atomic_write_bytes,
     atomic_write_json,
+    atomic_write_jsonl,
     atomic_write_text,
     check_tree,
     current_umask,
@@ -291,3 +298,81 @@ def test_a_binary_or_sparse_file_is_refused_from_its_head(tmp_path):
     with pytest.raises(UserError, match="refused"):
         read_bytes(sparse, check_head=refuse)
     assert seen == [2**16 + 1]
+
+
+# ---------------------------------------------------------------- atomic writes that fail or are killed
+
+WRITERS = {
+    "bytes": lambda path, n: atomic_write_bytes(path, b"new" * n),
+    "text": lambda path, n: atomic_write_text(path, "new" * n),
+    "json": lambda path, n: atomic_write_json(path, {"new": "x" * n}),
+    "jsonl": lambda path, n: atomic_write_jsonl(path, [{"new": i} for i in range(n)]),
+}
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["rename", "fsync"])
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_an_atomic_write_that_fails_leaves_the_old_file_as_it_was(tmp_path, monkeypatch, writer, where):
+    """A full disk met at the rename (or at the fsync before it): the old file keeps its old content, no temp
+    file is left, the error reaches the caller."""
+    path = tmp_path / "metrics.json"
+    atomic_write_json(path, {"old": list(range(100))})
+    before = path.read_bytes()
+    monkeypatch.setattr(os, "replace" if where == "rename" else "fsync", _no_space)
+    with pytest.raises(OSError) as failed:
+        WRITERS[writer](path, 5000)
+    monkeypatch.undo()
+    assert failed.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    WRITERS[writer](path, 3)  # room again: the new content replaces the old
+    assert path.read_bytes() != before and b"new" in path.read_bytes()
+
+
+def test_a_first_atomic_write_that_fails_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "replace", _no_space)
+    with pytest.raises(OSError):
+        atomic_write_text(tmp_path / "report.md", "# report")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+ALTERNATING_WRITER = """
+import sys
+from ftgen.files import atomic_write_bytes
+print("ready", flush=True)
+i = 0
+while True:
+    i += 1
+    atomic_write_bytes(sys.argv[1], bytes([97 + i % 2]) * 1_000_000)
+"""
+
+
+def test_a_reader_never_sees_a_half_written_file_and_a_kill_leaves_a_whole_one(tmp_path):
+    """A writer rewrites a 1 MB file in a loop (all 'a', then all 'b', ...) until kill -9; every read in between
+    gets one whole version."""
+    path = tmp_path / "big.bin"
+    atomic_write_bytes(path, b"a" * 1_000_000)
+
+    def whole(data: bytes) -> bytes:
+        assert len(data) == 1_000_000 and data.count(data[:1]) == len(data), "a half-written file was read"
+        return data[:1]
+
+    proc = subprocess.Popen([sys.executable, "-c", ALTERNATING_WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        seen, reads, t0 = set(), 0, time.monotonic()
+        while time.monotonic() - t0 < 1.0 or (len(seen) < 2 and time.monotonic() - t0 < 30):
+            seen.add(whole(path.read_bytes()))
+            reads += 1
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert seen == {b"a", b"b"}, (seen, reads)  # the writer did rewrite it while it was read
+    whole(path.read_bytes())
+    others = [p.name for p in tmp_path.iterdir() if p.name != "big.bin"]  # at most the killed write's hidden temp
+    assert all(n.startswith(".big.bin.") and n.endswith(".tmp") for n in others) and len(others) <= 1, others

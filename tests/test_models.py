@@ -59,6 +59,92 @@ def test_dtype_choice(monkeypatch):
         choose_dtype("int3")
 
 
+# /proc/cpuinfo of a 2-core machine, abridged; {flags} is each core's flag list
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum
+flags\t\t: fpu vme de pse tsc msr pae mce cx8 sse sse2 ssse3 fma avx avx2 {flags}
+bugs\t\t: spectre_v1 spectre_v2
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+flags\t\t: fpu vme de pse tsc msr pae mce cx8 sse sse2 ssse3 fma avx avx2 {flags}
+"""
+
+
+class FakeProcFile:
+    """Stands for pathlib.Path inside ftgen.models: /proc/cpuinfo reads as `text` (or fails with OSError)."""
+
+    text: str | None = None
+
+    def __init__(self, path: str):
+        assert str(path) == "/proc/cpuinfo", path
+
+    def read_text(self, *args, **kwargs) -> str:
+        if self.text is None:
+            raise PermissionError("/proc/cpuinfo")
+        return self.text
+
+
+@pytest.mark.parametrize(
+    ("flags", "fast"),
+    [
+        ("avx512f avx512bw avx512vl avx512_vnni", False),  # AVX-512 without its bf16 extension: bf16 is emulated
+        ("avx512f avx512bw avx512_bf16 avx512_vnni", True),
+        ("avx512f amx_bf16 amx_tile amx_int8", True),
+        ("", False),
+        (None, False),  # unreadable (a sandbox): fp32, the safe choice
+    ],
+    ids=["avx512-without-bf16", "avx512-bf16", "amx", "no-flags", "unreadable"],
+)
+def test_auto_dtype_on_a_cpu_follows_its_bf16_flags(monkeypatch, capsys, flags, fast):
+    from ftgen import models
+    from helpers import run_cli_inprocess
+
+    monkeypatch.delenv("FTGEN_DTYPE", raising=False)
+    monkeypatch.setattr(FakeProcFile, "text", None if flags is None else CPUINFO.format(flags=flags))
+    monkeypatch.setattr(models, "Path", FakeProcFile)
+    assert models.cpu_supports_bf16.__wrapped__() is fast  # the flags parsed (past the cache)
+    monkeypatch.undo()
+
+    monkeypatch.delenv("FTGEN_DTYPE", raising=False)
+    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: fast)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_dtype("auto", "cpu") == (torch.bfloat16 if fast else torch.float32)
+    assert choose_dtype("fp32", "cpu") == torch.float32 and choose_dtype("bf16", "cpu") == torch.bfloat16
+    out = run_cli_inprocess(capsys, "models")  # the choice is printed
+    assert out.returncode == 0 and f"device: cpu, dtype: {'bfloat16' if fast else 'float32'}" in out.stdout
+    monkeypatch.setenv("FTGEN_DTYPE", "fp16")  # replaces auto only
+    assert choose_dtype("auto", "cpu") == torch.float16 and choose_dtype("fp32", "cpu") == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("bf16", "expected"), [(True, torch.bfloat16), (False, torch.float16)], ids=["bf16", "no-bf16"]
+)
+def test_auto_dtype_on_a_gpu_follows_its_bf16_support(monkeypatch, bf16, expected):
+    from ftgen import models
+
+    monkeypatch.delenv("FTGEN_DTYPE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: not bf16)  # the CPU's flags do not decide on a GPU
+    assert choose_dtype("auto", "cuda") == expected and choose_dtype("auto", "cuda:1") == expected
+    assert choose_dtype("fp32", "cuda") == torch.float32
+
+
+def test_training_computes_in_the_auto_dtype(monkeypatch, paper_data):
+    """The trainer asks choose_dtype for its device (fp32 master weights either way)."""
+    from ftgen import models
+    from ftgen.config import TrainConfig
+    from ftgen.train import Hardware
+
+    monkeypatch.delenv("FTGEN_DTYPE", raising=False)
+    for fast, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(models, "cpu_supports_bf16", lambda fast=fast: fast)
+        hw = Hardware.for_run(TrainConfig(task="sentiment", data_dir=str(paper_data)))
+        assert hw.compute_dtype == expected
+        assert Hardware.for_run(TrainConfig(task="sentiment", dtype="fp32")).compute_dtype == torch.float32
+
+
 def test_unloadable_model(tmp_path):
     with pytest.raises(UserError, match="cannot load model"):
         load_model(str(tmp_path))  # an empty directory

@@ -124,6 +124,22 @@ def test_the_cell_key_follows_the_marking_field_by_field(name):
     assert changed == (name in result_fields(EvalParams))
 
 
+def test_a_unit_key_holds_its_task_definition_its_data_and_its_model():
+    """Beyond the config's result fields: the task's YAML definition, the content hashes of the data files and
+    (for a cell) the model it evaluates are part of every key."""
+    cfg, params = TrainConfig(task="sentiment"), EvalParams(**EVAL_BASE)
+    edited = TASK.model_copy(update={"templates": ["### Review:\n{input}\n### Sentiment:", *TASK.templates[1:]]})
+    run = unit_key(run_identity(cfg, TASK, DATA))
+    assert unit_key(run_identity(cfg, edited, DATA)) != run
+    assert unit_key(run_identity(cfg, TASK, DATA | {"train": "fedcba9876543210"})) != run
+    assert unit_key(run_identity(cfg, TASK, DATA | {"pool": "0000000000000000"})) != run
+    assert unit_key(run_identity(TrainConfig(task="sentiment"), TASK, dict(DATA))) == run  # equal inputs, equal key
+    cell = unit_key(cell_identity("base:default", params, TASK, DATA))
+    assert unit_key(cell_identity("base:default", params, edited, DATA)) != cell
+    assert unit_key(cell_identity("base:default", params, TASK, DATA | {"train": "fedcba9876543210"})) != cell
+    assert unit_key(cell_identity("0123456789abcdef", params, TASK, DATA)) != cell  # a trained model, not the base
+
+
 def test_result_rules_go_into_every_identity(paper_data, monkeypatch):
     plan = _plan(paper_data, TINY)
     monkeypatch.setattr(plan_module, "RESULT_RULES", plan_module.RESULT_RULES + 1)

@@ -105,14 +105,27 @@ def test_stale_running_rows_are_reset_under_the_lock(tmp_path):
         assert s.get("cells", "c2")["status"] == "done"
 
 
-def test_live_slot_is_unique(tmp_path):
+@pytest.mark.parametrize("table", ["runs", "cells"])
+def test_live_slot_is_unique(tmp_path, table):
+    """Every unique slot: a second live row at a slot is refused, however it would get there."""
+    row = run_row if table == "runs" else cell_row
+
+    def add(store: Store, r: dict) -> None:
+        store.add([r], []) if table == "runs" else store.add([], [r])
+
     with Store.open_writer(tmp_path) as s:
-        s.add([], [cell_row("old", slot="same")])
-        with pytest.raises(sqlite3.IntegrityError):
-            s.add([], [cell_row("new", slot="same")])
-        s.supersede("cells", ["old"])
-        s.add([], [cell_row("new", slot="same")])
-        assert [r["key"] for r in s.rows("cells", "status != 'superseded'")] == ["new"]
+        add(s, row("old", slot="same"))
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+            add(s, row("new", slot="same"))
+        add(s, row("other", slot="elsewhere"))
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):  # moved into a live slot
+            s.conn.execute(f"UPDATE {table} SET slot='same' WHERE key='other'")
+        s.supersede(table, ["old"])
+        add(s, row("new", slot="same"))
+        assert sorted(r["key"] for r in s.rows(table, "status != 'superseded'")) == ["new", "other"]
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):  # a superseded row cannot come back to life
+            s.conn.execute(f"UPDATE {table} SET status='pending' WHERE key='old'")
+        assert len(s.rows(table, "slot='same'")) == 2 and s.live_by_slot(table)["same"]["key"] == "new"
 
 
 def test_done_and_predictions_commit_together(tmp_path):

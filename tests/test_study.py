@@ -211,24 +211,33 @@ def _write_config(tmp_path: Path, data: dict, name: str = "tiny.yaml") -> Path:
     return path
 
 
-def _results(out: Path) -> dict[str, tuple]:
-    """slot -> (score, predictions) of every live done cell; and checks that nothing is duplicated."""
+def _results(out: Path) -> dict[str, dict]:
+    """What a finished study computed, for comparing two studies: every live done cell's score and per-record
+    prediction, label scores and log-probs, and every run's saved model as the sha256 of its files (checked
+    against the files on disk). Also checks that nothing is duplicated."""
     conn = sqlite3.connect(f"file:{out / 'results.sqlite'}?mode=ro", uri=True)
     rows = conn.execute(
         "SELECT c.slot, c.score, c.status, p.rows FROM cells c LEFT JOIN predictions p ON p.cell_key = c.key"
     ).fetchall()
     assert len({r[0] for r in rows}) == len(rows), "a slot appears twice"
     assert all(r[2] == "done" and r[3] is not None for r in rows), [r[:3] for r in rows if r[2] != "done"]
-    runs = conn.execute("SELECT status FROM runs").fetchall()
-    assert runs == [("done",)] * N_RUNS
+    runs = conn.execute("SELECT slot, key, status, manifest FROM runs").fetchall()
     conn.close()
-    return {r[0]: (r[1], [(p["id"], p["prediction"]) for p in json.loads(r[3])]) for r in rows}
+    assert [r[2] for r in runs] == ["done"] * N_RUNS
+    models = {}
+    for slot, key, _, stored in runs:
+        models[slot] = json.loads(stored)
+        assert manifest(out / "runs" / key / "model") == models[slot], f"the files of {slot} changed after it finished"
+        assert any(name.endswith(".safetensors") for name in models[slot])
+    cells = {
+        r[0]: (r[1], [(p["id"], p["prediction"], p["scores"], p["logprobs"]) for p in json.loads(r[3])]) for r in rows
+    }
+    return {"cells": cells, "models": models}
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(paper_data, tmp_path_factory):
-    """The tiny study run once, start to end, with the local executor: (out dir, seconds, results)."""
-    tmp = tmp_path_factory.mktemp("uninterrupted")
+def run_uninterrupted(paper_data: Path, tmp: Path) -> tuple[Path, float, dict]:
+    """The tiny study run once, start to end, with the local executor: (out dir, seconds, results). The session
+    fixture `uninterrupted` (conftest.py) runs it once for every test that compares a study with it."""
     cfg = _write_config(tmp, TINY)
     t0 = time.perf_counter()
     proc = run_cli("study", str(cfg), "--data-dir", str(paper_data), "--out", str(tmp / "out"))
@@ -236,6 +245,14 @@ def uninterrupted(paper_data, tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"{N_RUNS} training runs and {N_CELLS} evaluation cells done" in proc.stdout
     return tmp / "out", seconds, _results(tmp / "out")
+
+
+def kill_seed() -> int:
+    """The seed of a kill test's choices: $FTGEN_KILL_SEED replays one, else a fresh one; printed either way."""
+    value = os.environ.get("FTGEN_KILL_SEED")
+    seed = int(value) if value else random.randrange(10**6)
+    print(f"kill seed {seed} (FTGEN_KILL_SEED={seed} replays these choices)", flush=True)
+    return seed
 
 
 def _children(pid: int) -> set[int]:
@@ -266,37 +283,57 @@ def _all_gone(pids: set[int], within: float) -> bool:
     return True
 
 
+def _wait_until(proc: subprocess.Popen, ready, timeout: float = 600) -> bool:
+    """Poll `ready()` while `proc` runs; False if it ended (or the time ran out) first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ready():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_equals_uninterrupted(paper_data, tmp_path, uninterrupted):
-    """Killed twice at random moments (model loading, training, checkpoints, store writes), then resumed
-    with the same command: the results equal an uninterrupted run's. Run with 2 worker processes of 1
-    thread (the local run above: 1 process): a killed study must leave no worker behind."""
-    _, seconds, expected = uninterrupted
+    """Killed twice at seeded moments, then resumed with the same command: the results (scores, per-record
+    log-probs, the saved models' file hashes) equal an uninterrupted run's. Kill 1 comes mid-training (after a
+    checkpoint: the last step, the final save or the drift analysis), kill 2 while the trained models' cells
+    run. Run with 2 worker processes of 1 thread (the local run: 1 process): a killed study leaves no worker."""
+    _, _, expected = uninterrupted
     cfg = _write_config(tmp_path, {**TINY, "workers": 2, "threads": 1})
     out = tmp_path / "out"
     args = [sys.executable, "-m", "ftgen", "study", str(cfg), "--data-dir", str(paper_data), "--out", str(out)]
     env = {**os.environ, "FTGEN_QUIET": "1"}
-    rng = random.Random()
+    rng = random.Random(kill_seed())
+    tuned_done = "SELECT COUNT(*) FROM cells WHERE status='done' AND run_key IS NOT NULL"
     kills = []
-    for _ in range(2):
-        moment = rng.uniform(3.0, 0.5 * seconds)
-        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            proc.wait(timeout=moment)
-        except subprocess.TimeoutExpired:
-            workers = _children(proc.pid)
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            kills.append(round(moment, 1))
-            assert _all_gone(workers, within=10), "a worker outlived the killed study"
+    for phase in ("training", "tuned-eval"):
+        if phase == "training":
+            ready = lambda: any(out.glob("runs/*/checkpoints/step-*"))  # noqa: E731
+        else:  # 10 tuned cells: kill with at least 3 left, so that 2 workers cannot finish them within the delay
+            target = min(_store_count(out, tuned_done) + rng.randint(1, 4), 7)
+            ready = lambda target=target: _store_count(out, tuned_done) >= target  # noqa: E731
+        delay = rng.uniform(0.0, 1.0)
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if not _wait_until(proc, ready):
+            proc.kill()
+            pytest.fail(f"the study ended before its {phase} phase: {proc.communicate()[1][-2000:]}")
+        time.sleep(delay)
+        assert proc.poll() is None, f"the study ended within {delay:.2f}s of its {phase} phase (kills so far {kills})"
+        workers = _children(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        done = _store_count(out, "SELECT COUNT(*) FROM cells WHERE status='done'")
+        kills.append(f"{phase}+{delay:.2f}s ({done} cells done)")
+        print(f"kill {len(kills)}: {kills[-1]}", flush=True)
+        assert _all_gone(workers, within=10), "a worker outlived the killed study"
+    assert len(kills) == 2
     status = run_cli("status", str(out))  # readable after the kills, without the lock
-    assert status.returncode == 0, status.stderr
-    if kills:
-        assert "study process: none" in status.stdout
+    assert status.returncode == 0 and "study process: none" in status.stdout, status.stderr
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, (kills, proc.stderr[-3000:])
     got = _results(out)
-    assert got == expected, f"killed at {kills}s"
+    assert got == expected, f"killed at {kills}"
     # the same command once more: nothing to do, nothing changes
     again = run_cli("study", str(cfg), "--data-dir", str(paper_data), "--out", str(out))
     assert again.returncode == 0 and _results(out) == got
@@ -334,7 +371,7 @@ def test_twenty_kills_in_a_row_with_readers_each_resume_passes_the_check(paper_d
     study = [sys.executable, "-m", "ftgen", "study", str(cfg), "--data-dir", str(paper_data), "--out", str(out)]
     report = [sys.executable, "-m", "ftgen", "report", str(out), "--to", str(tmp_path / "report")]
     env = {**os.environ, "FTGEN_QUIET": "1"}
-    seed = random.randrange(10**6)
+    seed = kill_seed()
     rng = random.Random(seed)
     kills: list[str] = []
     readers = 0
