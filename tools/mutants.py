@@ -75,7 +75,7 @@ MUTATIONS = [
     M(
         "a classification cell scored by macro-F1 instead of accuracy",
         "evaluate.py",
-        [('score = task_metrics["accuracy"]', 'score = task_metrics["macro_f1"]')],
+        [('task_metrics["accuracy" if task.kind', 'task_metrics["macro_f1" if task.kind')],
         [T_FACTS + "test_each_cell_score_is_its_metric_over_its_stored_predictions"],
     ),
     # ---------------------------------------------------------------- label scoring
@@ -362,12 +362,12 @@ MUTATIONS = [
     M(
         "status --check: saved models not compared with their manifests",
         "store.py",
-        [("problems += [p for r in runs if (p := self._model_problem(r))]", "pass")],
+        [("problems += [p for r in kept if (p := self._model_problem(r))]", "pass")],
         [T_DAMAGED + "[byte-flip-full-model]"],
     ),
     M(
         "manifest: the weights files left out",
-        "store.py",
+        "study_files.py",
         [("        if p.is_file():\n", '        if p.is_file() and p.suffix != ".safetensors":\n')],
         [T_DAMAGED + "[byte-flip-lora-adapter]"],
     ),
@@ -390,7 +390,7 @@ MUTATIONS = [
     ),
     M(
         "status --check: exit 0 whatever problems it prints",
-        "cli.py",
+        "cli_study.py",
         [
             (
                 '        print(f"check: PROBLEM: {problem}")\n    if c["problems"]:\n        raise typer.Exit(1)\n',
