@@ -243,11 +243,14 @@ def test_an_unfinished_study_says_so_at_the_top_of_every_output(tmp_path):
     banner = "INCOMPLETE: 31 of 40 cells done (0 failed, 9 not run yet); 3 of 4 training runs done"
     folder = tmp_path / "report"
     assert (folder / "main_table.md").read_text().splitlines()[2].startswith(f"**{banner}")
+    for name in ("ft_vs_fticl.md", "claims.md", "drift.md"):
+        assert (folder / name).read_text().startswith(f"**{banner}"), name
     page = (folder / "report.html").read_text()
     assert page.index(banner) < page.index("id='headline'")
     assert banner in (folder / "main_table.tex").read_text().splitlines()[0]
     assert json.loads((folder / "provenance.json").read_text())["status"].startswith(banner)
     assert banner in " ".join(_render(r["terminal"], 120).split())
+    assert all(c.evidence.endswith("(the study is not finished)") for c in r["claims"])
     statuses = {row["status"] for row in _csv(folder / "cells.csv")}
     assert statuses == {"done", "pending"}
 
@@ -302,7 +305,10 @@ def test_a_constant_predictor_is_flagged_in_every_table(tmp_path):
     assert "positive 0%, negative 100%" in distrust
     row = next(x for x in _csv(folder / "cells.csv") if x["size"] == "16" and x["test_set"] == "amazon")
     assert row["flags"] == "constant predictions ('negative')" and float(row["majority_rate"]) == 50.0
-    assert "†" in (folder / "report.html").read_text() and r"$^\dagger$" in (folder / "main_table.tex").read_text()
+    assert r"$^\dagger$" in (folder / "main_table.tex").read_text()
+    page = (folder / "report.html").read_text()
+    tip = "n 40; majority rate 50.0 (positive); predicted: positive 0%, negative 100%; distrust: constant predictions"
+    assert f"title='{tip} (&#x27;negative&#x27;)'>50.0 ±" in page
 
 
 def test_generation_outputs_that_are_bare_label_words_are_counted(tmp_path):

@@ -78,9 +78,9 @@ def write_report(out: str | Path, to: str | Path | None = None, *, figures: bool
     atomic_write_text(folder / "cells.csv", T.cells_csv(table))
     atomic_write_text(folder / "ft_vs_fticl.csv", T.pairs_csv(table))
     pairs = T.md_table(T.PAIR_HEAD, T.pair_rows(table)) if table.pairs else "No matched pair.\n"
-    atomic_write_text(folder / "ft_vs_fticl.md", pairs)
-    atomic_write_text(folder / "claims.md", T.md_table(T.CLAIM_HEAD, T.claim_rows(claims)))
-    atomic_write_text(folder / "drift.md", T.drift_md(table))
+    atomic_write_text(folder / "ft_vs_fticl.md", T.with_banner(table, pairs))
+    atomic_write_text(folder / "claims.md", T.with_banner(table, T.md_table(T.CLAIM_HEAD, T.claim_rows(claims))))
+    atomic_write_text(folder / "drift.md", T.with_banner(table, T.drift_md(table)))
     atomic_write_text(folder / "provenance.json", to_json(prov))
     figs = _figures(table, folder) if figures else {"limit": max_delta(table)}
     atomic_write_text(folder / "report.html", page(table, claims, prov, figs, figs["limit"]))

@@ -71,7 +71,7 @@ def main_table(t: Table, task: str, s, limit: float, anchor: str) -> str:
         out.append(f"<tr><td class='l'>{e(t.label(m, with_task=False))}</td>")
         for _, ts in cols:
             c = t.cell(m, ts, s)
-            tip = f" title='{e('; '.join(c.distrust))}'" if c is not None and c.distrust else ""
+            tip = f" title='{e(T.flags_text(c))}'" if c is not None and c.done else ""
             out.append(f"<td{_shade(c.delta if c else None, limit)}{tip}>{e(T.cell_text(c))}</td>")
         for g in GROUPS:
             mean = None if m.is_base else t.group_means[(m, s, g)]
@@ -226,7 +226,8 @@ def _assemble(t: Table, prov: dict, sections: list, tables: list) -> str:
     out.append("<h2 id='headline'>Headline</h2>")
     out.append(
         "<p class='note'>Mean change in points [95% interval] over complete matched cells; W / L = cells "
-        "whose own interval lies above / below 0.</p>"
+        "whose own interval lies above / below 0. Hover a table cell for its n, majority-class rate and "
+        "predicted-label shares (classification) or empty and bare-label-word shares (generation).</p>"
     )
     out.append(_table(T.headline_head(t), T.headline_rows(t), left=2) if t.settings else "<p>No cells yet.</p>")
     out += ["<h2 id='provenance'>Provenance</h2>", provenance_html(prov), "<nav><h2>Contents</h2><ol>"]

@@ -47,6 +47,28 @@ def cell_text(cell: Cell | None) -> str:
     return text + (DISTRUST if cell.distrust else "")
 
 
+def flags_text(cell: Cell) -> str:
+    """What a cell's outputs look like: n, and the majority-class rate and predicted-label shares (classification)
+    or the shares of empty outputs and bare label words (generation); then why to distrust it, if so."""
+    parts = [f"n {cell.parts[0].records.n}" if cell.done else ""]
+    seed = f"seed {cell.model.seeds[0]}: " if len(cell.parts) > 1 else ""  # the first seed's outputs, as an example
+    f = cell.parts[0].flags
+    if isinstance(f, stats.ClassificationFlags):
+        shares = ", ".join(f"{k} {v:.0f}%" for k, v in f.pred_share.items())
+        parts.append(f"majority rate {f.majority_rate:.1f} ({f.majority_label}); {seed}predicted: {shares}")
+    elif isinstance(f, stats.GenerationFlags):
+        parts.append(f"{seed}empty outputs {f.empty_share:.0f}%, bare label words {f.label_word_share:.0f}%")
+    if cell.score is not None and cell.score.sd is not None:
+        parts.append(f"sd over seeds {cell.score.sd:.1f}")
+    return "; ".join(p for p in parts + [f"distrust: {r}" for r in cell.distrust] if p)
+
+
+def with_banner(t: Table, text: str) -> str:
+    """`text` with an unfinished study's banner on top."""
+    banner = t.view.banner()
+    return f"**{banner}**\n\n{text}" if banner else text
+
+
 def headline_text(h: stats.Headline, minus: str = "−") -> str:
     """`+2.6 [−0.4, +5.6]: 7 W / 2 L of 9`, or `no matched cells`."""
     if h.difference is None:
