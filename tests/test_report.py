@@ -499,3 +499,24 @@ def test_numbers_never_print_as_negative_zero(x, digits):
         text = num(x, digits, sign)
         assert float(text) == pytest.approx(round(x, digits), abs=10**-digits)
         assert not re.fullmatch(r"-0\.?0*", text)
+
+
+def test_a_cell_whose_predictions_cannot_be_read_is_marked_and_the_report_goes_on(study, tmp_path):
+    import sqlite3
+
+    copy = tmp_path / "copy"
+    shutil.copytree(study, copy)
+    conn = sqlite3.connect(copy / "results.sqlite")
+    conn.execute("UPDATE predictions SET rows='[{\"id\": 1,' WHERE cell_key='rft|sentiment/amazon|0|0'")
+    conn.commit()
+    conn.close()
+    r = write_report(copy, tmp_path / "report", figures=False)
+    cell = r["table"].cell(
+        next(m for m in r["table"].models if m.method == "ft"), TestSet("sentiment", "amazon"), Setting(0, 0)
+    )
+    assert cell.status == "done (not scorable)" and cell.score is None
+    assert cell.distrust == [
+        "its stored predictions are not readable (see ftgen status --check): no interval, no flags"
+    ]
+    assert "| n=32 ft | done (not scorable) |" in (tmp_path / "report" / "main_table.md").read_text()
+    assert r["table"].group_means[(cell.model, Setting(0, 0), "ID")] is None  # a mean over a missing cell: blank

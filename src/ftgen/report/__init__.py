@@ -21,6 +21,7 @@ OUT/report/ (or --to):
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ftgen.files import atomic_write_text, ensure_writable_dir
@@ -54,7 +55,7 @@ def _figures(t: Table, folder: Path) -> dict:
     limit = max_delta(t)
     out: dict = {"limit": limit}
     for i, s in enumerate(t.settings):
-        label = t.setting_label(s).replace("/", "-").replace(", ", "_").replace(" ", "")
+        label = re.sub(r"[^A-Za-z0-9_-]+", "", t.setting_label(s).replace(", ", "_"))  # `k-shot #2` -> k-shot2
         out[f"heatmap-{i}"] = F.heatmap(t, s, folder / f"heatmap_{label}", limit)
     out["size_curve"] = F.size_curve(t, folder / "size_curve")
     out["ft_vs_fticl"] = F.method_chart(t, folder / "ft_vs_fticl")

@@ -30,11 +30,16 @@ def num(x: float | None, digits: int = 1, sign: bool = False) -> str:
     return text if sign else text.removeprefix("+")
 
 
-def est(e: stats.Estimate | None, sign: bool = True) -> str:
-    """`+7.5 ±5.0*` (blank for None)."""
+def est(e: stats.Estimate | None) -> str:
+    """A change: `+7.5 ±5.0*` (`*`: its interval excludes 0; blank for None)."""
     if e is None:
         return ""
-    return f"{num(e.estimate, sign=sign)} ±{e.half_width:.1f}{stats.mark(e)}"
+    return f"{num(e.estimate, sign=True)} ±{e.half_width:.1f}{stats.mark(e)}"
+
+
+def score_text(e: stats.Estimate | None) -> str:
+    """A score: `92.5 ±4.1` (blank for None)."""
+    return "" if e is None else f"{num(e.estimate)} ±{e.half_width:.1f}"
 
 
 def cell_text(cell: Cell | None) -> str:
@@ -142,7 +147,7 @@ def distrust_rows(t: Table) -> list[list[str]]:
         flags = [p.flags for p in c.parts if isinstance(p.flags, stats.ClassificationFlags)]
         rate = f"{flags[0].majority_rate:.1f} ({flags[0].majority_label})" if flags else ""
         shares = ", ".join(f"{k} {v:.0f}%" for k, v in flags[0].pred_share.items()) if flags else ""
-        score = est(c.score, sign=False) if c.score else ""
+        score = score_text(c.score)
         rows.append(
             [t.label(c.model), c.test.label, t.setting_label(c.setting), score, rate, shares, "; ".join(c.distrust)]
         )
@@ -159,7 +164,7 @@ def generation_rows(t: Table) -> list[list[str]]:
         empty = sum(f.empty_share for f in flags) / len(flags)
         bare = sum(f.label_word_share for f in flags) / len(flags)
         words = ", ".join(sorted({w for f in flags for w in f.label_words}))
-        score = est(c.score, sign=False) if c.score else ""
+        score = score_text(c.score)
         rows.append([t.label(c.model), c.test.label, t.setting_label(c.setting), score, num(empty), num(bare), words])
     return rows
 

@@ -117,6 +117,18 @@ def _json(text: str | None, default):
     return value if isinstance(value, type(default)) else default
 
 
+UNREADABLE = "unreadable"
+
+
+def _predictions(store: Store, key: str) -> list | str | None:
+    """A cell's stored predictions; UNREADABLE when the row is not JSON (a damaged store: the cell is marked,
+    the report goes on; `ftgen status --check` names it)."""
+    try:
+        return store.predictions(key)
+    except ValueError:
+        return UNREADABLE
+
+
 def in_domain_list(task_def: dict | None) -> list[str] | None:
     """A stored task definition's in-domain sets (an older store holds one name); None when unknown."""
     if not task_def or "in_domain" not in task_def:
@@ -135,7 +147,7 @@ class StudyView:
             self.counts = store.counts()
             cell_rows = store.rows("cells", "status != 'superseded'")
             run_rows = store.rows("runs", "status != 'superseded'")
-            predictions = {r["key"]: store.predictions(r["key"]) for r in cell_rows if r["status"] == "done"}
+            predictions = {r["key"]: _predictions(store, r["key"]) for r in cell_rows if r["status"] == "done"}
         self.name = self.meta.get("study", self.out.name)
         started = [r["started"] for r in [*cell_rows, *run_rows] if r["started"]]
         finished = [r["finished"] for r in [*cell_rows, *run_rows] if r["finished"] and r["status"] == "done"]
@@ -211,6 +223,9 @@ class StudyView:
         data = metrics.get("data") or {}
         c.n_dropped = int(data.get("invalid") or 0) + int(data.get("ignored") or 0)
         c.environment = metrics.get("environment")
+        if predictions == UNREADABLE or not isinstance(predictions, (list, type(None))):
+            c.problem = "its stored predictions are not readable (see ftgen status --check): no interval, no flags"
+            return
         usable = [p for p in predictions or [] if isinstance(p, dict) and {"id", "prediction", "gold"} <= set(p)]
         if not usable or len(usable) != len(predictions or []):
             c.problem = "no per-record predictions stored: no interval, no flags"
