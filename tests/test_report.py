@@ -520,3 +520,60 @@ def test_a_cell_whose_predictions_cannot_be_read_is_marked_and_the_report_goes_o
     ]
     assert "| n=32 ft | done (not scorable) |" in (tmp_path / "report" / "main_table.md").read_text()
     assert r["table"].group_means[(cell.model, Setting(0, 0), "ID")] is None  # a mean over a missing cell: blank
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    correct=st.lists(st.integers(0, 40), min_size=3 * 6, max_size=3 * 6),
+    pending=st.sets(
+        st.tuples(
+            st.sampled_from(["base", "ft", "fticl"]),
+            st.sampled_from(["amazon", "sst2", "yelp"]),
+            st.sampled_from([0, 2]),
+        ),
+        max_size=3,
+    ),
+)
+def test_group_means_are_blank_exactly_when_a_cell_is_missing_and_else_equal_stats(tmp_path_factory, correct, pending):
+    """Any accuracies, any cells left unrun: a group mean (and FTICL − FT) is blank iff one of its cells (the
+    row's, the base's, the partner's) is missing; otherwise it equals stats.group_difference on the records."""
+    out = tmp_path_factory.mktemp("prop")
+    s = SyntheticStudy()
+    runs = {"base": None, "ft": s.run("rft", "sentiment", 32, "ft"), "fticl": s.run("rfticl", "sentiment", 32, "fticl")}
+    preds = {}
+    for i, (name, test_set, k) in enumerate(
+        (n, ts, k) for n in runs for ts in ("amazon", "sst2", "yelp") for k in (0, 2)
+    ):
+        preds[(name, test_set, k)] = with_accuracy(SENT, 40, correct[i], i)
+        done = (name, test_set, k) not in pending
+        s.cell(runs[name], "sentiment", test_set, k, preds[(name, test_set, k)] if done else None)
+    s.write(out)
+    t = Table(StudyView(out))
+    rows = {m.method: m for m in t.models}
+    for k, setting in ((0, Setting(0, 0)), (2, Setting(1, 0))):
+        for g, sets in (("ID", ["amazon"]), ("OOD", ["sst2", "yelp"])):
+            for name in ("ft", "fticl"):
+                missing = any((who, ts, k) in pending for who in (name, "base") for ts in sets)
+                want = (
+                    None
+                    if missing
+                    else stats.group_difference(
+                        [
+                            (_accuracy_records(preds[(name, ts, k)]), _accuracy_records(preds[("base", ts, k)]))
+                            for ts in sets
+                        ]
+                    )
+                )
+                assert t.group_means[(rows[name], setting, g)] == want
+            missing = any((who, ts, k) in pending for who in ("ft", "fticl") for ts in sets)
+            want = (
+                None
+                if missing
+                else stats.group_difference(
+                    [
+                        (_accuracy_records(preds[("fticl", ts, k)]), _accuracy_records(preds[("ft", ts, k)]))
+                        for ts in sets
+                    ]
+                )
+            )
+            assert t.pair_groups[(t.pairs[0], setting, g)] == want
