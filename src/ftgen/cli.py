@@ -419,16 +419,27 @@ def report_cmd(
         Path | None, typer.Option(help=with_default("Where the report goes.", "OUT/report"), show_default=False)
     ] = None,
 ):
-    """Tables (markdown, CSV, LaTeX), heatmaps and plots of a study, and one self-contained report.html."""
+    """A study's headline, intervals, flags, the paper's claims checked and provenance: tables (markdown, CSV,
+    LaTeX), figures (PNG, SVG) and one self-contained report.html; a compact summary here."""
     from ftgen.report import write_report
     from ftgen.store import Store
 
     with Store.open_reader(out) as store:
         store.require_sound()  # a damaged store: refused in one line, not a traceback halfway through
     r = write_report(out, to)
-    out_console = Console(width=None if sys.stdout.isatty() else 200)
-    out_console.print(r["terminal"])
+    Console(width=report_width(), soft_wrap=False).print(r["terminal"])
+    print("every table, figure, the claims and the provenance are in:")
     print(f"report: {r['html']}")
+
+
+def report_width() -> int | None:
+    """The summary's width: $COLUMNS when set (also when piped: tee, SLURM logs), the terminal's, else 120."""
+    import os
+
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) >= 40:
+        return int(columns)
+    return None if sys.stdout.isatty() else 120
 
 
 def main() -> None:
