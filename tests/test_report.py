@@ -472,7 +472,8 @@ def test_terminal_summary_fits_120_columns_when_piped(study, report, tmp_path):
         assert max(len(line) for line in _render(report[1]["terminal"], width).splitlines()) <= width
     assert "-0.0" not in proc.stdout and "−0.0" not in proc.stdout
     text = " ".join(proc.stdout.split())
-    assert "0-shot, in-domain: FTICL − FT = " in text and "claim 12 (" in text and "done cells to distrust" in text
+    assert "0-shot, in-domain: FTICL − FT = " in text and "done cells to distrust" in text
+    assert all(f" {c.number} {c.verdict} {c.text.split()[0]}" in text for c in report[1]["claims"])
 
 
 def test_cli_refuses_a_missing_study_in_one_line(tmp_path):

@@ -31,10 +31,11 @@ def label_words(share: float) -> list[dict]:
     return generation_predictions(GOLD, outs)
 
 
-def generation_study(out, fticl_cross: int, *, drift_ratio: float = 0.8, seeds=(0, 1)) -> None:
+def generation_study(out, fticl_cross: int, *, drift_ratio: float = 0.8, seeds=(0, 1), fticl_done=True) -> None:
     """Trained on question (generation), FT and FTICL over `seeds`. Cross-task (sentiment) accuracy: base 50,
     FT 60, FTICL 60 + `fticl_cross`. FT 0-shot writes better questions than the base with 1 example in-domain,
-    worse ones out-of-domain; k-shot never changes a fine-tuned model's outputs."""
+    worse ones out-of-domain; k-shot never changes a fine-tuned model's outputs. `fticl_done=False`: the FTICL
+    runs and their cells are not run yet (an unfinished study)."""
     s = SyntheticStudy()
     cells = [("question", "socialqa", (0, 1)), ("question", "tweetqa", (0, 1)), ("sentiment", "amazon", (0, 2))]
     cells += [("sentiment", "sst2", (0, 2))]
@@ -42,7 +43,9 @@ def generation_study(out, fticl_cross: int, *, drift_ratio: float = 0.8, seeds=(
     for seed in seeds:
         for method, ratio in (("ft", 1.0), ("fticl", drift_ratio)):
             drift = {"mean_abs_change": 1e-4 * ratio * (1 + seed / 20)}
-            runs.append((s.run(f"r{method}{seed}", "question", 64, method, seed=seed, drift=drift), method, seed))
+            done = fticl_done or method == "ft"
+            run = s.run(f"r{method}{seed}", "question", 64, method, seed=seed, drift=drift, done=done)
+            runs.append((run, method, seed))
     for run, method, seed in runs:
         for task, test_set, shots in cells:
             for k in shots:
@@ -55,7 +58,7 @@ def generation_study(out, fticl_cross: int, *, drift_ratio: float = 0.8, seeds=(
                     p = questions({"base": 3 + 2 * k, "ft": 11, "fticl": 11}[method], seed)
                 else:
                     p = questions({"base": 9, "ft": 5, "fticl": 5}[method], seed)
-                s.cell(run, task, test_set, k, p)
+                s.cell(run, task, test_set, k, p if fticl_done or method != "fticl" else None)
     s.write(out)
 
 
@@ -108,6 +111,18 @@ def test_claim_evidence_equals_stats_computed_directly(tmp_path):
                     cells.append(list(zip(a.records, b.records, strict=True)))
     assert claim.evidence == stats.format_headline(stats.headline("FTICL − FT, cross-task", cells))
     assert "interval lies above 0" in claim.rule and claim.text.startswith("for generation tasks")
+
+
+def test_an_unfinished_study_leaves_its_claims_open_not_uncovered(tmp_path):
+    generation_study(tmp_path, 30, fticl_done=False)  # FT and base done, no FTICL run trained yet
+    claims = {c.number: c for c in check_claims(Table(StudyView(tmp_path)))}
+    for number in ("10", "11", "12"):  # FTICL vs FT: the grid holds them, no cell is complete
+        assert claims[number].verdict == INCONCLUSIVE, claims[number]
+    assert claims["11"].evidence.startswith("none of its 4 cells is complete")  # 2 cross-task sets x 2 settings
+    assert claims["12"].evidence.startswith("the matched runs are not all trained yet")
+    assert (claims["1"].verdict, claims["4"].verdict) == (CONFIRMED, CONFIRMED)  # FT vs base: complete
+    assert all(claims[n].verdict == NOT_COVERED for n in ("3", "5", "7", "13"))  # not in this grid at all
+    assert all(c.evidence.endswith("(the study is not finished)") for c in claims.values())
 
 
 def test_drift_claim_refuted_and_inconclusive(tmp_path):

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from ftgen import __version__, cli_analyze, cli_study, progress
-from ftgen.cli_common import DATA_DIR_ENV, DataDirOpt, TaskDirOpt, print_table, switch, with_default
+from ftgen.cli_common import DATA_DIR_ENV, DataDirOpt, TaskDirOpt, make_console, print_table, switch, with_default
 from ftgen.cli_common import csv_values as _csv
 from ftgen.cli_common import int_values as _ints
 from ftgen.cli_train import train_command
@@ -427,19 +426,9 @@ def report_cmd(
     with Store.open_reader(out) as store:
         store.require_sound()  # a damaged store: refused in one line, not a traceback halfway through
     r = write_report(out, to)
-    Console(width=report_width(), soft_wrap=False).print(r["terminal"])
+    make_console().print(r["terminal"])  # $COLUMNS when set (also piped: tee, SLURM logs), else 120 piped
     print("every table, figure, the claims and the provenance are in:")
     print(f"report: {r['html']}")
-
-
-def report_width() -> int | None:
-    """The summary's width: $COLUMNS when set (also when piped: tee, SLURM logs), the terminal's, else 120."""
-    import os
-
-    columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit() and int(columns) >= 40:
-        return int(columns)
-    return None if sys.stdout.isatty() else 120
 
 
 def main() -> None:

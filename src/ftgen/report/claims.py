@@ -6,6 +6,9 @@ a 95% interval (paired over records, and over seeds when there are several; ftge
 is the stratified-bootstrap mean of the per-cell differences (stats.headline). A significant win / loss is a cell
 whose interval lies above / below 0. "FT" is plain fine-tuning, full or LoRA; "FTICL" fine-tuning with in-context
 examples; FTICL − FT uses matched runs only.
+
+A claim the study's grid bears on but whose cells are not complete yet (pending, failed, not scorable) is
+inconclusive, with that reason; "not covered by this study" means the grid has no cell for it at all.
 """
 
 from __future__ import annotations
@@ -34,16 +37,30 @@ class Claim:
     evidence: str  # the study's numbers behind the verdict
 
 
-def _pooled(label: str, cells: list[list[tuple] | None]) -> stats.Headline | None:
+# A claim's cells: per seed (a, b) records of a complete cell; [] for a cell of the grid not complete yet; None
+# for a comparison the grid does not hold.
+Cells = list[list[tuple] | None]
+
+
+def _pooled(label: str, cells: Cells) -> stats.Headline | None:
     h = pooled_headline(label, cells)
     return h if h.difference is not None else None
 
 
-def _directional(h: stats.Headline | None, sign: int) -> tuple[str, str]:
+def _undecided(cells: Cells) -> tuple[str, str]:
+    """The verdict without a complete cell: inconclusive when the grid holds cells for it, else not covered."""
+    if any(c is not None for c in cells):
+        n = sum(c is not None for c in cells)
+        return VERDICTS[2], f"none of its {n} cells is complete (pending, failed or not scorable)"
+    return VERDICTS[3], "the study has no cell for this comparison"
+
+
+def _directional(label: str, cells: Cells, sign: int) -> tuple[str, str]:
     """confirmed if the pooled interval lies on the claimed side of 0, refuted if on the other, else
-    inconclusive; not covered without cells."""
+    inconclusive (see _undecided without complete cells)."""
+    h = _pooled(label, cells)
     if h is None or h.difference is None:
-        return VERDICTS[3], "no complete cells for this comparison"
+        return _undecided(cells)
     d = h.difference
     verdict = VERDICTS[2]
     if d.excludes_zero:
@@ -63,25 +80,30 @@ def _runs(t: Table, *, fticl: bool | None = None, kind: str | None = None) -> li
     ]
 
 
-def _vs_base(t: Table, models: list[Model], groups: tuple[str, ...]) -> list[list[tuple] | None]:
-    return [t.vs_base(m, ts, s) for m in models for s in t.settings for g in groups for ts in t.group_sets(m, s, g)]
+def _vs_base(t: Table, models: list[Model], groups: tuple[str, ...]) -> Cells:
+    """Each grid cell of the models in the groups against its base ([] until both are done)."""
+    sets = [(m, ts, s) for m in models for s in t.settings for g in groups for ts in t.group_sets(m, s, g)]
+    return [t.vs_base(m, ts, s) or [] for m, ts, s in sets]
 
 
-def _matched(t: Table, kind: str, groups: tuple[str, ...]) -> list[list[tuple] | None]:
+def _matched(t: Table, kind: str, groups: tuple[str, ...]) -> Cells:
+    """FTICL − FT on each grid cell of the matched pairs of a kind of train task ([] until both are done)."""
     pairs = [p for p in t.pairs if _kind(t, p.ft.train_task) == kind]
-    return [
-        t.fticl_vs_ft(p, ts, s) for p in pairs for s in t.settings for g in groups for ts in t.group_sets(p.ft, s, g)
-    ]
+    sets = [(p, ts, s) for p in pairs for s in t.settings for g in groups for ts in t.group_sets(p.ft, s, g)]
+    return [t.fticl_vs_ft(p, ts, s) or [] for p, ts, s in sets]
 
 
 def _between(t: Table, a: Model, sa: Setting, b: Model, sb: Setting, test) -> list[tuple] | None:
-    """Per seed (a, b) records of two done cells on the same test set (seeds paired in order)."""
+    """Per seed (a, b) records of two done cells on the same test set (seeds paired in order); [] while one is
+    not done, None when the grid does not hold both."""
     ca, cb = t.cell(a, test, sa), t.cell(b, test, sb)
-    if ca is None or cb is None or not (ca.done and cb.done):
+    if ca is None or cb is None:
         return None
+    if not (ca.done and cb.done):
+        return []
     if b.is_base:
         return [(r, cb.records[0]) for r in ca.records]
-    return list(zip(ca.records, cb.records, strict=False)) if len(ca.records) == len(cb.records) else None
+    return list(zip(ca.records, cb.records, strict=False)) if len(ca.records) == len(cb.records) else []
 
 
 # ---------------------------------------------------------------- the claims
@@ -104,7 +126,7 @@ def claim_1(t: Table) -> Claim:
         "1",
         "FT evaluated 0-shot beats the base model with in-context examples in-domain (except sentiment)",
         claim_1,
-        *_directional(_pooled("FT 0-shot − base k-shot", cells), +1),
+        *_directional("FT 0-shot − base k-shot", cells, +1),
     )
 
 
@@ -121,15 +143,17 @@ def claim_2(t: Table) -> Claim:
     ]
     h = _pooled("k-shot − 0-shot of FT models", cells)
     if h is None or h.difference is None:
-        verdict = VERDICTS[3]
-    elif h.difference.low > 0 or h.wins > h.n_cells / 2:
+        return _claim("2", CLAIM_2, claim_2, *_undecided(cells))
+    if h.difference.low > 0 or h.wins > h.n_cells / 2:
         verdict = VERDICTS[1]
     elif h.wins <= h.n_cells / 4:
         verdict = VERDICTS[0]
     else:
         verdict = VERDICTS[2]
-    text = "test-time in-context examples rarely help a fine-tuned model"
-    return _claim("2", text, claim_2, verdict, stats.format_headline(h) if h else "no complete cells")
+    return _claim("2", CLAIM_2, claim_2, verdict, stats.format_headline(h))
+
+
+CLAIM_2 = "test-time in-context examples rarely help a fine-tuned model"
 
 
 def claim_3(t: Table) -> Claim:
@@ -147,33 +171,33 @@ def claim_3(t: Table) -> Claim:
             cells += [_between(t, large, s, small, s, test) for s in t.settings for test in t.test_sets]
     h = _pooled("larger − smaller train size", cells)
     if h is None or h.difference is None:
-        verdict = VERDICTS[3]
-    elif h.losses >= max(1, math.ceil(0.05 * h.n_cells)):
+        return _claim("3", CLAIM_3, claim_3, *_undecided(cells))
+    if h.losses >= max(1, math.ceil(0.05 * h.n_cells)):
         verdict = VERDICTS[0]
     elif h.wins >= 0.75 * h.n_cells and h.losses == 0:
         verdict = VERDICTS[1]
     else:
         verdict = VERDICTS[2]
-    text = "more training data is not consistently better"
-    return _claim("3", text, claim_3, verdict, stats.format_headline(h) if h else "the study has one train size")
+    return _claim("3", CLAIM_3, claim_3, verdict, stats.format_headline(h))
+
+
+CLAIM_3 = "more training data is not consistently better"
 
 
 def claim_4(t: Table) -> Claim:
     """Over FT rows of generation train tasks, their out-of-domain cells in every setting: the delta vs the base.
     Confirmed if the pooled interval lies below 0, refuted if above, inconclusive otherwise."""
-    h = _pooled("FT − base, OOD", _vs_base(t, _runs(t, fticl=False, kind="generation"), ("OOD",)))
-    return _claim(
-        "4", "fine-tuning on a generation task hurts the same task out-of-domain", claim_4, *_directional(h, -1)
-    )
+    cells = _vs_base(t, _runs(t, fticl=False, kind="generation"), ("OOD",))
+    text = "fine-tuning on a generation task hurts the same task out-of-domain"
+    return _claim("4", text, claim_4, *_directional("FT − base, OOD", cells, -1))
 
 
 def claim_5(t: Table) -> Claim:
     """Over FT rows of classification train tasks, their out-of-domain cells in every setting: the delta vs the
     base. Confirmed if the pooled interval lies above 0, refuted if below, inconclusive otherwise."""
-    h = _pooled("FT − base, OOD", _vs_base(t, _runs(t, fticl=False, kind="classification"), ("OOD",)))
-    return _claim(
-        "5", "fine-tuning on a classification task helps the same task out-of-domain", claim_5, *_directional(h, +1)
-    )
+    cells = _vs_base(t, _runs(t, fticl=False, kind="classification"), ("OOD",))
+    text = "fine-tuning on a classification task helps the same task out-of-domain"
+    return _claim("5", text, claim_5, *_directional("FT − base, OOD", cells, +1))
 
 
 def claim_7(t: Table) -> Claim:
@@ -187,15 +211,16 @@ def claim_7(t: Table) -> Claim:
             for test in t.test_sets:
                 cell = t.cell(m, test, s)
                 base = t.base_cell(cell) if cell else None
-                if _kind(t, test.task) != "generation" or base is None or not (cell.done and base.done):
+                if _kind(t, test.task) != "generation" or base is None:
                     continue
-                words = [p.label_words for p in cell.parts]
+                words = [p.label_words for p in cell.parts] if cell.done and base.done else [None]
                 if all(w is not None for w in words) and base.parts[0].label_words is not None:
                     cells.append([(w, base.parts[0].label_words) for w in words])
                     hits += sum(int(np.count_nonzero(w.values)) for w in words)
                     total += sum(w.n for w in words)
-    h = _pooled("bare label words, tuned − base (%)", cells)
-    verdict, evidence = _directional(h, +1)
+                else:
+                    cells.append([])  # in the grid, not complete yet
+    verdict, evidence = _directional("bare label words, tuned − base (%)", cells, +1)
     if total and verdict != VERDICTS[0]:
         share = stats.binomial_interval([100.0] * hits + [0.0] * (total - hits))
         evidence += f"; tuned share {share.estimate:.1f}% [{share.low:.1f}, {share.high:.1f}] of {total} outputs"
@@ -207,19 +232,17 @@ def claim_7(t: Table) -> Claim:
 def claim_10(t: Table) -> Claim:
     """Over matched FT / FTICL rows of generation train tasks, their out-of-domain cells in every setting:
     FTICL − FT. Confirmed if the pooled interval lies above 0, refuted if below, inconclusive otherwise."""
-    h = _pooled("FTICL − FT, OOD", _matched(t, "generation", ("OOD",)))
-    return _claim(
-        "10", "for generation tasks, FTICL generalizes better than FT out-of-domain", claim_10, *_directional(h, +1)
-    )
+    cells = _matched(t, "generation", ("OOD",))
+    text = "for generation tasks, FTICL generalizes better than FT out-of-domain"
+    return _claim("10", text, claim_10, *_directional("FTICL − FT, OOD", cells, +1))
 
 
 def claim_11(t: Table) -> Claim:
     """Over matched FT / FTICL rows of generation train tasks, their cross-task cells in every setting:
     FTICL − FT. Confirmed if the pooled interval lies above 0, refuted if below, inconclusive otherwise."""
-    h = _pooled("FTICL − FT, cross-task", _matched(t, "generation", ("cross",)))
-    return _claim(
-        "11", "for generation tasks, FTICL generalizes better than FT cross-task", claim_11, *_directional(h, +1)
-    )
+    cells = _matched(t, "generation", ("cross",))
+    text = "for generation tasks, FTICL generalizes better than FT cross-task"
+    return _claim("11", text, claim_11, *_directional("FTICL − FT, cross-task", cells, +1))
 
 
 def claim_12(t: Table) -> Claim:
@@ -234,6 +257,9 @@ def claim_12(t: Table) -> Claim:
                 logs.append(math.log(da["mean_abs_change"] / db["mean_abs_change"]))
     text = "FTICL moves the weights less (mean |Δw|) than FT"
     if not logs:
+        keys = [k for p in t.pairs for k in (*p.fticl.run_keys, *p.ft.run_keys)]
+        if any(t.view.runs[k].status != "done" for k in keys):
+            return _claim("12", text, claim_12, VERDICTS[2], "the matched runs are not all trained yet")
         return _claim("12", text, claim_12, VERDICTS[3], "no matched FT / FTICL runs with a drift measure")
     mean = float(np.mean(logs))
     if len(logs) < 2:
@@ -249,10 +275,11 @@ def claim_13(t: Table) -> Claim:
     """Over matched FT / FTICL rows of classification train tasks, every group and setting: FTICL − FT.
     Confirmed if the pooled interval stays below +1 point (no gain of a point or more), refuted if it lies above
     0, inconclusive otherwise."""
-    h = _pooled("FTICL − FT", _matched(t, "classification", GROUPS))
+    cells = _matched(t, "classification", GROUPS)
+    h = _pooled("FTICL − FT", cells)
     text = "for classification tasks, FTICL does not help over FT"
     if h is None or h.difference is None:
-        return _claim("13", text, claim_13, VERDICTS[3], "no complete matched cells")
+        return _claim("13", text, claim_13, *_undecided(cells))
     d = h.difference
     verdict = VERDICTS[1] if d.low > 0 else VERDICTS[0] if d.high < NO_HELP_MARGIN else VERDICTS[2]
     return _claim("13", text, claim_13, verdict, stats.format_headline(h))

@@ -59,7 +59,7 @@ def _shade(delta: stats.Estimate | None, limit: float) -> str:
 
 
 def main_table(t: Table, task: str, s, limit: float, anchor: str) -> str:
-    cols = t.columns(task)
+    cols = t.columns(task, s)
     spans = [(g, sum(1 for c in cols if c[0] == g)) for g in GROUPS]
     out = [f"<h3 id='{anchor}'>{e(T.table_title(t, task, s))}</h3>", "<div class='scroll'><table>"]
     out.append("<tr><th class='l' rowspan='2'>model</th>")

@@ -186,10 +186,12 @@ class Table:
             return "cross"
         return "ID" if test.name in self.in_domain(model) else "OOD"
 
-    def columns(self, train_task: str) -> list[tuple[str, TestSet]]:
-        """(group, test set) for the tables of a train task, in the order ID, OOD, cross-task."""
+    def columns(self, train_task: str, setting: Setting | None = None) -> list[tuple[str, TestSet]]:
+        """(group, test set) for the tables of a train task, in the order ID, OOD, cross-task; with a setting,
+        only the test sets the grid evaluates in it (a test task without k-shot cells has no k-shot column)."""
         model = next(m for m in self.models if m.train_task == train_task)
-        cols = [(self.group_of(model, t), t) for t in self.test_sets]
+        sets = [t for t in self.test_sets if setting is None or any((m, t, setting) in self.cells for m in self.models)]
+        cols = [(self.group_of(model, t), t) for t in sets]
         return sorted(cols, key=lambda c: GROUPS.index(c[0]))
 
     def shots_of(self, task: str, setting: Setting) -> int | None:
@@ -276,6 +278,10 @@ class Table:
     def group_sets(self, m: Model, s: Setting, g: str) -> list[TestSet]:
         """The test sets of group g that the model has a cell for (done or not) in setting s."""
         return [t for t in self.test_sets if self.group_of(m, t) == g and (m, t, s) in self.cells]
+
+    def holds(self, s: Setting, g: str) -> bool:
+        """Whether the grid has any fine-tuned row's cell of group g in setting s (done or not)."""
+        return any(self.group_sets(m, s, g) for m in self.models if not m.is_base)
 
     def _group_mean(self, m: Model, s: Setting, g: str) -> stats.Estimate | None:
         sets = [self.vs_base(m, t, s) for t in self.group_sets(m, s, g)]

@@ -104,7 +104,8 @@ def headline_rows(t: Table) -> list[list[str]]:
     rows = []
     for s in t.settings:
         for g in GROUPS:
-            rows.append([t.setting_label(s), GROUP_NAMES[g], *[headline_text(h) for h in t.headlines[(s, g)]]])
+            if t.holds(s, g) or not t.train_tasks:
+                rows.append([t.setting_label(s), GROUP_NAMES[g], *[headline_text(h) for h in t.headlines[(s, g)]]])
     return rows
 
 
@@ -113,7 +114,7 @@ def headline_head(t: Table) -> list[str]:
 
 
 def main_table_md(t: Table, task: str, s: Setting) -> str:
-    cols = t.columns(task)
+    cols = t.columns(task, s)
     head = ["model"] + [f"{g}: {col_label(t, ts, s, g)}" for g, ts in cols] + ["Δ ID", "Δ OOD", "Δ cross"]
     rows = []
     for m in [b for b in t.models if b.is_base] + t.runs_of(task):
@@ -288,7 +289,7 @@ def latex(t: Table) -> str:
     out = [f"% INCOMPLETE study: {t.view.banner()}" if t.view.banner() else "% study complete"]
     for task in t.train_tasks:
         for s in t.settings:
-            cols = t.columns(task)
+            cols = t.columns(task, s)
             spans = [(g, sum(1 for c in cols if c[0] == g)) for g in GROUPS]
             spans = [(g, n) for g, n in spans if n]
             out += [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "r" * len(cols) + "}"]
@@ -397,6 +398,26 @@ def pairs_csv(t: Table) -> str:
 # ---------------------------------------------------------------- the terminal
 
 
+def _terminal_headline(t: Table) -> list:
+    """The headline's lines per setting and group; the settings and groups of the grid with no complete
+    comparison yet in one line (those the grid does not hold: none)."""
+    from rich.text import Text
+
+    lines, empty = [], []
+    for s in t.settings:
+        for g in GROUPS:
+            if not any(h.difference is not None for h in t.headlines[(s, g)]):
+                if t.holds(s, g):
+                    empty.append(f"{t.setting_label(s)} {GROUP_NAMES[g]}")
+                continue
+            first, *rest = [stats.format_headline(h) for h in t.headlines[(s, g)]]
+            lines.append(Text(f"  {t.setting_label(s)}, {GROUP_NAMES[g]}: {first}"))
+            lines += [Text("      " + line) for line in rest]
+    if empty:
+        lines.append(Text("  no complete cells to compare yet" + (f": {', '.join(empty)}" if lines else "")))
+    return lines
+
+
 def terminal(t: Table, claims: list[Claim]):
     """The compact summary `ftgen report` prints: banner, headline, group means per row and setting, flags count,
     claims (the tables and figures are in report.html). Fits the console's width."""
@@ -414,11 +435,7 @@ def terminal(t: Table, claims: list[Claim]):
             style="bold",
         )
     )
-    for s in t.settings:
-        for g in GROUPS:
-            lines = [stats.format_headline(h) for h in t.headlines[(s, g)]]
-            items.append(Text(f"  {t.setting_label(s)}, {GROUP_NAMES[g]}: " + lines[0]))
-            items += [Text("      " + line) for line in lines[1:]]
+    items += _terminal_headline(t)
     rt = RichTable(
         title="Mean change vs base per group (± 95% interval, * excludes 0)", title_justify="left", box=box.SIMPLE_HEAD
     )
@@ -430,5 +447,13 @@ def terminal(t: Table, claims: list[Claim]):
     items.append(rt)
     counts = t.counts()
     items.append(Text(f"{counts['distrusted']} of {counts['done']} done cells to distrust ({DISTRUST} in the tables)."))
-    items += [Text(f"claim {c.number} ({c.text}): {c.verdict}") for c in claims]
+    so_far = "" if t.view.complete else " so far (the study is not finished)"
+    ct = RichTable(
+        title=f"The paper's claims{so_far}: rules and evidence in report.html", title_justify="left", box=box.SIMPLE
+    )
+    for col in ("claim", "verdict", "the paper says"):
+        ct.add_column(col, justify="right" if col == "claim" else "left", overflow="fold")
+    for c in claims:
+        ct.add_row(c.number, c.verdict, c.text)
+    items.append(ct)
     return Group(*items)
