@@ -117,6 +117,34 @@ def test_cells_csv_equals_stats_computed_directly(report):
     assert _cell_row(rows, "ft", "socialqa", 0)["group"] == "cross"
 
 
+def test_the_export_carries_the_reports_intervals(tmp_path):
+    """(test_study_outputs.py validates a real study's export, these fields included, against its schema)"""
+    from ftgen.export import build_export
+    from ftgen.store import Store
+
+    build(tmp_path / "out", pending={("fticl", "sst2", 0)})
+    with Store.open_reader(tmp_path / "out") as store:
+        results, _ = build_export(store)
+    cells = {(c["method"], c["test_set"], c["shots"]): c for c in results["cells"]}
+    for method in ("base", "ft", "fticl"):
+        for task, test_set, shots in SETS:
+            for k in shots:
+                c = cells[(method, test_set, k)]
+                got = [c[f] for f in ("ci_low", "ci_high", "delta_ci_low", "delta_ci_high")]
+                if (method, test_set, k) == ("fticl", "sst2", 0):  # not run yet
+                    assert got == [None] * 4
+                    continue
+                metric = "accuracy" if task == "sentiment" else "rouge_l"
+                score = stats.score_interval(metric, records(method, test_set, k))
+                want = [score.low, score.high]
+                if method == "base":
+                    want += [None, None]
+                else:
+                    delta = stats.paired_difference(records(method, test_set, k), records("base", test_set, k))
+                    want += [delta.low, delta.high]
+                assert got == pytest.approx(want, abs=1e-9), (method, test_set, k)
+
+
 def test_group_means_headline_and_ft_vs_fticl_equal_stats_computed_directly(report):
     folder, r = report
     t: Table = r["table"]
