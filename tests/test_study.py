@@ -451,43 +451,62 @@ def test_ray_executor_gives_the_same_results_as_local(paper_data, tmp_path, unin
 
 
 @pytest.mark.slow
-def test_report_of_a_real_study(uninterrupted, tmp_path):
+def test_report_of_a_real_study(uninterrupted, tmp_path, default_model_dir):
+    from ftgen.environment import fingerprint, versions
+
     out, _, _ = uninterrupted
-    proc = run_cli("report", str(out), "--to", str(tmp_path / "report"))
+    proc = run_cli("report", str(out), "--to", str(tmp_path / "report"), env={"COLUMNS": "120"})
     assert proc.returncode == 0, proc.stderr
     folder = tmp_path / "report"
-    for name in (
-        "main_table.md",
-        "main_table.csv",
-        "main_table.tex",
-        "cells.csv",
-        "ft_vs_fticl.png",
-        "heatmap_0-shot.png",
-        "heatmap_2-shot.png",
-        "report.html",
-    ):
+    figures = ["ft_vs_fticl", "heatmap_0-shot", "heatmap_2-shot", "drift_vs_delta", "loss_curves"]
+    for name in ["main_table.md", "main_table.csv", "main_table.tex", "cells.csv", "claims.md", "provenance.json"]:
         assert (folder / name).stat().st_size > 0, name
-    assert "Fine-tuned on sentiment (amazon), evaluated 0-shot" in proc.stdout
+    for name in figures:
+        assert (folder / f"{name}.png").stat().st_size > 0 and (folder / f"{name}.svg").stat().st_size > 0, name
+    *lines, path = proc.stdout.splitlines()
+    assert max(map(len, lines)) <= 120 and path == f"report: {folder / 'report.html'}"
+    text = " ".join(proc.stdout.split())
+    # ft (full) and fticl (LoRA) are not matched: no FTICL − FT, and each method against its base
+    assert "0-shot, in-domain: FTICL − FT: no matched cells FT − base = " in text and "FTICL − base = " in text
     page = (folder / "report.html").read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing fetched from a network
-    assert page.count("data:image/png;base64,") == 4  # 2 heatmaps, FT vs FTICL, drift vs delta (no sweep)
-    assert (folder / "drift_vs_delta.png").stat().st_size > 0 and not (folder / "sweeps.png").exists()
+    assert page.count("data:image/svg+xml;base64,") == len(figures) and not (folder / "sweeps.png").exists()
     # each run's drift from its base, measured after training (analysis.drift defaults to on)
     conn = sqlite3.connect(f"file:{out / 'results.sqlite'}?mode=ro", uri=True)
     summaries = [json.loads(r[0]) for r in conn.execute("SELECT summary FROM runs")]
     conn.close()
     for s in summaries:
         drift = s["drift"]
-        assert 0 < drift["rel_change"] < 1 and 0 < drift["cosine"] <= 1
+        assert 0 < drift["rel_change"] < 1 and 0 < drift["cosine"] <= 1 and drift["mean_abs_change"] > 0
         assert drift["kl_mean"] > 0 and set(drift["kl_per_task"]) == {"sentiment", "detection"}
-    assert "| 0-shot | 2 | n/a (< 3 runs) |" in (folder / "drift.md").read_text()
+        assert s["environment"]["versions"] == versions()
+        assert s["environment"]["base_model"]["resolved"] == "SmolLM2-135M-Instruct"
+    correlations = [line for line in (folder / "drift.md").read_text().splitlines() if " vs Δ " in line]
+    assert correlations and all("n=2" in line and "(a finding)" not in line for line in correlations)
     md = (folder / "main_table.md").read_text()
     assert "| ID: amazon | OOD: sst2 | cross: detection/paws |" in md
     rows = list(csv_rows(folder / "cells.csv"))
     assert len(rows) == N_CELLS
     for r in rows:
+        assert float(r["ci_low"]) <= float(r["score"]) <= float(r["ci_high"]) and r["n"] == "8"
         if r["method"] != "base":
             assert float(r["delta"]) == pytest.approx(float(r["score"]) - float(r["base_score"]), abs=1e-3)
+            assert float(r["delta_ci_low"]) <= float(r["delta"]) <= float(r["delta_ci_high"])
+    # provenance: what the units recorded when they ran
+    p = json.loads((folder / "provenance.json").read_text())
+    assert p["base_models"] == [
+        {
+            "name": "default",
+            "resolved": "SmolLM2-135M-Instruct",
+            "path": str(default_model_dir.resolve()),
+            "sha256": fingerprint(default_model_dir),
+            "revision": None,
+        }
+    ]
+    assert [(e["device"], e["dtype"]) for e in p["runtime"]["evaluation"]] == [("cpu", "fp32")]
+    assert p["runtime"]["versions"] == [versions()] and p["status"] == "complete"
+    assert {s["set"]: s["n_scored"] for s in p["test_sets"]} == {"amazon": [8], "sst2": [8], "paws": [8]}
+    assert all(m["sha256"] for m in p["trained_models"]) and "name: tiny" in p["study_yaml"]
 
 
 def csv_rows(path: Path):

@@ -265,6 +265,8 @@ def test_export_follows_its_schema_with_inputs_scores_and_deltas(paper_data, tmp
         if c["run_key"]:
             twin = cells[("base-default", c["test_set"])]
             assert c["base_score"] == twin["score"] and c["delta"] == pytest.approx(c["score"] - twin["score"])
+            assert c["delta_ci_low"] <= c["delta"] <= c["delta_ci_high"]
+        assert c["ci_low"] <= c["score"] <= c["ci_high"]  # the report's intervals (test_report.py: their values)
     # the records' input fields are the test file's
     records = json.loads((paper_data / "sentiment" / "amazon_test_500.json").read_text())
     first = json.loads((out / "export" / base["predictions"]).read_text().splitlines()[0])

@@ -177,3 +177,40 @@ def test_yaml_int_raw_labels_map_like_text_labels(tmp_path):
     from ftgen.data import normalise_record
 
     assert normalise_record({"text": "goal", "output": 0}, task, 0, "f")["output"] == "sports"
+
+
+# ---------------------------------------------------------------- in-domain test sets (the paper's Table 1)
+
+TABLE_1_IN_DOMAIN = {
+    "summary": ["xsum", "xlsum"],
+    "question": ["socialqa"],
+    "sentiment": ["amazon", "amazonfood"],
+    "detection": ["paws"],
+    "inference": ["multinli", "multinli2"],
+}
+
+
+def test_builtin_tasks_list_their_in_domain_sets_as_table_1():
+    for name, sets in TABLE_1_IN_DOMAIN.items():
+        task = load_task(name)
+        assert task.in_domain == sets and task.default_train_set == sets[0]
+
+
+def test_in_domain_takes_a_list_or_one_name_and_refuses_duplicates_and_paths():
+    assert parse_task({**USER_TASK, "in_domain": "news"}, "t.yaml").in_domain == ["news"]  # the older form
+    assert parse_task({**USER_TASK, "in_domain": ["news", "wire"]}, "t.yaml").default_train_set == "news"
+    assert parse_task(USER_TASK, "t.yaml").in_domain == [] and parse_task(USER_TASK, "t.yaml").default_train_set is None
+    for bad, message in ((["news", "news"], "duplicate test sets"), (["ok", "../x"], "must be a plain name")):
+        with pytest.raises(UserError, match=f"field 'in_domain': {message}"):
+            parse_task({**USER_TASK, "in_domain": bad}, "t.yaml")
+
+
+def test_a_study_trains_on_the_first_in_domain_set_and_lists_in_domain_sets_first(paper_data):
+    from ftgen.config import parse_study
+    from ftgen.validate import validate_study
+
+    cfg = parse_study({"name": "s", "train": [{"task": "inference", "sizes": [2000]}]})
+    resolved = validate_study(cfg, paper_data)
+    assert resolved.train_sets == ["multinli"]
+    assert resolved.test_sets["inference"] == ["multinli", "multinli2", "gptnli", "rte", "snli"]
+    assert resolved.test_sets["summary"][:2] == ["xsum", "xlsum"]

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from ftgen import __version__, cli_analyze, cli_study, progress
-from ftgen.cli_common import DATA_DIR_ENV, DataDirOpt, TaskDirOpt, print_table, switch, with_default
+from ftgen.cli_common import DATA_DIR_ENV, DataDirOpt, TaskDirOpt, make_console, print_table, switch, with_default
 from ftgen.cli_common import csv_values as _csv
 from ftgen.cli_common import int_values as _ints
 from ftgen.cli_train import train_command
@@ -419,15 +418,16 @@ def report_cmd(
         Path | None, typer.Option(help=with_default("Where the report goes.", "OUT/report"), show_default=False)
     ] = None,
 ):
-    """Tables (markdown, CSV, LaTeX), heatmaps and plots of a study, and one self-contained report.html."""
+    """A study's headline, intervals, flags, the paper's claims checked and provenance: tables (markdown, CSV,
+    LaTeX), figures (PNG, SVG) and one self-contained report.html; a compact summary here."""
     from ftgen.report import write_report
     from ftgen.store import Store
 
     with Store.open_reader(out) as store:
         store.require_sound()  # a damaged store: refused in one line, not a traceback halfway through
     r = write_report(out, to)
-    out_console = Console(width=None if sys.stdout.isatty() else 200)
-    out_console.print(r["terminal"])
+    make_console().print(r["terminal"])  # $COLUMNS when set (also piped: tee, SLURM logs), else 120 piped
+    print("every table, figure, the claims and the provenance are in:")
     print(f"report: {r['html']}")
 
 

@@ -101,7 +101,7 @@ class TrainConfig(BaseModel):
 
     model: str = Field("default", description="model to fine-tune: 'default', an HF id or a local dir")
     task: str = Field(description="task name (or task YAML path)")
-    train_set: str | None = Field(None, description="train set name or file; default: the task's in-domain set")
+    train_set: str | None = Field(None, description="train set name or file; default: the task's first in-domain set")
     train_size: Count | None = Field(None, description="train on the first N records (all if unset)")
     sample_seed: Seed | None = Field(None, description="sample the N records with this seed instead of the first N")
     allow_smaller: bool = Field(False, description="train on all records when the set has fewer than N")
@@ -216,7 +216,7 @@ class TrainEntry(_Frozen):
     """One train task: its train set and the train sizes to fine-tune on."""
 
     task: str
-    train_set: str | None = Field(None, description="default: the task's in-domain set")
+    train_set: str | None = Field(None, description="default: the task's first in-domain set")
     sizes: list[Count] = Field(min_length=1)
 
     @field_validator("sizes")

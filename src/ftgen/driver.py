@@ -132,7 +132,8 @@ class Driver:
         for c in cells:
             if c.key in self.todo_cells:
                 desc = f"{c.test_task}/{c.test_set} {c.shots}-shot"
-                job = EvalJob(c.key, model_path, c.params, str(self.plan.resolved.data_dir), tuple(cfg.task_dirs), desc)
+                data_dir = str(self.plan.resolved.data_dir)
+                job = EvalJob(c.key, model_path, c.params, data_dir, tuple(cfg.task_dirs), desc, base=c.run is None)
                 self.jobs[self.executor.submit("eval", job)] = c
 
     def submit_train(self, run: RunSpec) -> None:

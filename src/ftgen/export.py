@@ -105,6 +105,36 @@ def _record_scores(cell: dict, identity: dict, predictions: list[dict]) -> list[
         return [None] * len(predictions)
 
 
+def _records(cell: dict, identity: dict, predictions: list[dict]):
+    """The cell's per-record values as `ftgen report` scores them (ftgen.stats); None when not scorable."""
+    from ftgen import stats
+
+    kind = (identity.get("task_def") or {}).get("kind")
+    try:
+        ids = [p["id"] for p in predictions]
+        preds, golds = [str(p["prediction"]) for p in predictions], [str(p["gold"]) for p in predictions]
+        return stats.cell_records(kind, cell["metric"], ids, preds, golds) if predictions else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _intervals(metric: str | None, records, base_records) -> dict:
+    """95% intervals of a cell's score and of its paired change vs the base (ftgen.stats, seeded: the report's)."""
+    from ftgen import stats
+
+    out: dict = dict.fromkeys(("ci_low", "ci_high", "delta_ci_low", "delta_ci_high"))
+    try:
+        if records is not None:
+            e = stats.score_interval(metric, records)
+            out |= {"ci_low": e.low, "ci_high": e.high}
+        if records is not None and base_records is not None:
+            d = stats.paired_difference(records, base_records)
+            out |= {"delta_ci_low": d.low, "delta_ci_high": d.high}
+    except ValueError:  # no record in common with the base, or nothing to resample
+        pass
+    return out
+
+
 def _prediction_lines(cell: dict, identity: dict, predictions: list[dict], inputs: dict | None) -> list[dict]:
     scores = _record_scores(cell, identity, predictions)
     lines = []
@@ -141,7 +171,7 @@ def _run_entry(store: Store, r: dict) -> dict:
     }
 
 
-def _cell_entry(c: dict, base: dict | None, predictions_path: str | None, inputs: str) -> dict:
+def _cell_entry(c: dict, base: dict | None, predictions_path: str | None, inputs: str, intervals: dict) -> dict:
     identity = _json(c["config"]) or {}
     params = {k: v for k, v in identity.items() if k not in ("unit", "rules", "model", "task_def", "data")}
     base_score = base["score"] if base is not None and base["status"] == "done" else None
@@ -160,6 +190,7 @@ def _cell_entry(c: dict, base: dict | None, predictions_path: str | None, inputs
         "n": c["n"] if c["status"] == "done" else None,
         "base_score": base_score,
         "delta": delta,
+        **(intervals if c["run_key"] else intervals | {"delta_ci_low": None, "delta_ci_high": None}),
         "seconds": c["seconds"],
         "host": c["host"],
         "params": params,
@@ -209,7 +240,8 @@ def build_export(
         cells = store.rows("cells", "status != 'superseded'")
     base = {(c["model"], *(c[k] for k in CELL_COORDS)): c for c in cells if c["run_key"] is None}
     files: dict[str, list[dict]] = {}
-    cell_entries = []
+    found: dict[str, tuple[str | None, str]] = {}  # cell key -> (path of its predictions, inputs)
+    records: dict[str, object] = {}  # cell key -> its per-record values (stats.Records) when scorable
     for c in cells:
         identity = _json(c["config"]) or {}
         path, inputs = None, "not included: the cell is not done"
@@ -220,8 +252,13 @@ def build_export(
             path += f"/shots{c['shots']}_fmt{c['fmt']}"
             files[path] = [_prediction_lines(c, identity, predictions, by_id), _json(c["metrics"])]
             path += "/predictions.jsonl"
+            records[c["key"]] = _records(c, identity, predictions)
+        found[c["key"]] = path, inputs
+    cell_entries = []
+    for c in cells:
         b = base.get((c["model"], *(c[k] for k in CELL_COORDS)))
-        cell_entries.append(_cell_entry(c, b, path, inputs))
+        intervals = _intervals(c["metric"], records.get(c["key"]), records.get(b["key"]) if b else None)
+        cell_entries.append(_cell_entry(c, b, *found[c["key"]], intervals))
     results = {
         "format_version": FORMAT_VERSION,
         "study": {

@@ -3,6 +3,11 @@
 Built-in tasks live in `ftgen/task_defs/`. Users add tasks with their own YAML files, found in the
 directories named by `--task-dir` / `$FTGEN_TASK_DIRS` (colon-separated), or given as a path.
 
+In-domain, out-of-domain, cross-task (the paper's definitions): a task lists its in-domain test sets
+(`in_domain: [amazon, amazonfood]`; a single name is accepted too); every other test set of the task is
+out-of-domain, and every other task's test sets are cross-task for a model trained on it. The built-in tasks
+follow the paper's Table 1. The first in-domain set is the default train set.
+
 Everything that would fail later, after a model has loaded, is refused here: a template may use only the
 task's input fields, each plainly (`{text}`: no `{}`, `{0}`, `{text!r}`, `{text:>9}`, `{text.x}`,
 `{text[0]}`, and never `{output}`, the gold answer), and every template uses every field. Label words are
@@ -136,7 +141,11 @@ class TaskDef(BaseModel):
     eval_shots: list[Annotated[Count, Field(ge=0, le=MAX_SHOTS)]] = Field(
         default_factory=lambda: [0], min_length=1, description="the paper's k at test time"
     )
-    in_domain: PlainName | None = Field(None, description="the test set named like the train set")
+    in_domain: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_ITEMS,
+        description="the task's in-domain test sets (the paper's Table 1); the first is the default train set",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -250,9 +259,31 @@ class TaskDef(BaseModel):
             raise ValueError(f"duplicate shot counts in {shots}")
         return shots
 
+    @field_validator("in_domain", mode="before")
+    @classmethod
+    def _in_domain_as_list(cls, value: object) -> object:
+        """A single name is still accepted (`in_domain: xsum`, the old form): a list of one."""
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("in_domain")
+    @classmethod
+    def _in_domain(cls, names: list[str]) -> list[str]:
+        for name in names:
+            plain_name(name)
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate test sets in {names}")
+        return names
+
     @property
     def folder(self) -> str:
         return self.data_folder or self.name
+
+    @property
+    def default_train_set(self) -> str | None:
+        """The train set used when none is named: the first in-domain set (None when the task lists none)."""
+        return self.in_domain[0] if self.in_domain else None
 
 
 def _distinct_words(words: list[str], what: str) -> None:

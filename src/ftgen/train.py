@@ -76,7 +76,7 @@ def load_records(cfg: TrainConfig):
     from ftgen.tasks import load_task
 
     task = load_task(cfg.task, cfg.task_dirs)
-    name = cfg.train_set or task.in_domain
+    name = cfg.train_set or task.default_train_set
     if name is None:
         raise FieldError("train_set", f"task '{task.name}' has no in-domain train set: name one")
     if cfg.prompt_format >= len(task.templates):

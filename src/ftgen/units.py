@@ -42,6 +42,7 @@ class EvalJob:
     data_dir: str
     task_dirs: tuple[str, ...]
     desc: str
+    base: bool = False  # the study's base model (its identity is recorded with the cell; a run's is its manifest)
 
 
 class ModelCache:
@@ -98,9 +99,20 @@ def execute_train(job: TrainJob) -> dict:
         shutil.rmtree(out)  # leftovers of a run killed before its first checkpoint: start clean
     t0 = time.perf_counter()
     summary = train(job.config, out, resume=True)
+    summary = {**summary, "environment": train_environment(job.config)}
     if job.drift is not None:
         summary = {**summary, "drift": drift_of_run(out, job.drift, job.config)}
     return {"summary": summary, "manifest": manifest(out / "model"), "seconds": time.perf_counter() - t0}
+
+
+def train_environment(config: TrainConfig) -> dict:
+    """What a report cannot learn later about a training run: versions, host, the base model's identity
+    (the summary already holds the device and compute dtype)."""
+    import platform
+
+    from ftgen.environment import model_identity, versions
+
+    return {"versions": versions(), "host": platform.node(), "base_model": model_identity(config.model)}
 
 
 def drift_of_run(out: Path, spec: DriftSpec, config: TrainConfig) -> dict:
@@ -152,4 +164,12 @@ def execute_eval(job: EvalJob, models: ModelCache) -> dict:
     )
     report = {k: v for k, v in vars(ds.report).items() if k != "problems"}
     metrics = {**result.metrics, "data": report, "shot_ids": [s["id"] for s in shots]}
+    metrics["environment"] = eval_environment(job, model)
     return {"metrics": metrics, "predictions": result.predictions, "seconds": time.perf_counter() - t0}
+
+
+def eval_environment(job: EvalJob, model) -> dict:
+    """What a report cannot learn later about a cell: device, dtype, versions, and the base model's identity."""
+    from ftgen.environment import model_identity, runtime
+
+    return {**runtime(model), "model": model_identity(job.model_path, model) if job.base else None}

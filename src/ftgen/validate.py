@@ -132,14 +132,14 @@ class _Checker:
                 self.fail(f"models.{i}", str(e))
 
     def check_train(self) -> list[str]:
-        """The train set of each entry (default: its task's in-domain set), checked against the data."""
+        """The train set of each entry (default: its task's first in-domain set), checked against the data."""
         train_sets, seen = [], []
         for i, entry in enumerate(self.cfg.train):
             t = self.task(entry.task, f"train.{i}.task")
             if entry.task in seen:
                 self.fail(f"train.{i}.task", f"task '{entry.task}' is listed twice (give all its sizes in one entry)")
             seen.append(entry.task)
-            name = entry.train_set or t.in_domain
+            name = entry.train_set or t.default_train_set
             if name is None:
                 self.fail(f"train.{i}.train_set", f"task '{t.name}' has no in-domain set: name the train set")
             train_sets.append(name)
@@ -211,7 +211,8 @@ class _Checker:
         if sets == "all":
             if tf is None:
                 raise UserError(f"{self.source}: eval.test_sets: 'all' needs the data: give --data-dir (or data_dir:)")
-            sets = sorted(tf.test, key=lambda s: (s != t.in_domain, s))
+            rank = {s: i for i, s in enumerate(t.in_domain)}  # in-domain sets first, in the task's order
+            sets = sorted(tf.test, key=lambda s: (rank.get(s, len(rank)), s))
             if not sets:
                 self.fail(f"eval.test_sets.{name}", f"no test set of task '{name}' in {tf.folder}")
         elif tf is not None:
