@@ -17,12 +17,16 @@ blank line, so the engine cuts the output by its own rule (`evaluate.cut_at_stop
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ftgen.errors import UserError
 
-if TYPE_CHECKING:
-    from ftgen.evaluate import Item
+
+class Item(Protocol):
+    """What this backend reads of ftgen.evaluate.Item (named here so the engine's module is not imported back)."""
+
+    query: list[int]  # token ids after the shared context
+    labels: list[list[int]]  # classification: ids of separator + label word per label
 
 STATUS = "not run on a GPU by this project (contract-tested against a stand-in only)"
 
