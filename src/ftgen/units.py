@@ -1,8 +1,9 @@
-"""What one unit of a study does, in whatever process an executor runs it: train a run, or evaluate a cell.
+"""What one unit of a study does, in whatever process an executor runs it: train a run (or build an interpolated
+model), or evaluate a cell.
 
-A worker gets a job (`TrainJob`: the run's whole TrainConfig; `EvalJob`: the cell's whole EvalParams), computes,
-and returns a plain dict; only the driver writes the results store. `Units` bundles the two bodies with the
-process's `ModelCache`, so consecutive cells on one model load it once.
+A worker gets a job (`TrainJob`: the run's whole TrainConfig; `InterpolateJob`: a trained run and α; `EvalJob`: the
+cell's whole EvalParams), computes, and returns a plain dict; only the driver writes the results store. `Units`
+bundles the bodies with the process's `ModelCache`, so consecutive cells on one model load it once.
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ class TrainJob:
     out_dir: str
     threads: int | None = None
     drift: DriftSpec | None = None
+
+
+@dataclass(frozen=True)
+class InterpolateJob:
+    """Build θ(α) of the trained run in `tuned_dir` (its `model/` beside train_summary.json) into out_dir/model."""
+
+    key: str
+    tuned_dir: str
+    base: str  # the base model of a full fine-tuning run (a LoRA adapter names its own)
+    alpha: float
+    out_dir: str
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -71,8 +84,9 @@ class Units:
     def __init__(self) -> None:
         self.models = ModelCache()
 
-    def train(self, job: TrainJob) -> dict:
-        return execute_train(job)
+    def train(self, job: TrainJob | InterpolateJob) -> dict:
+        """A run-like unit: a training run, or an interpolated model (both make a model for cells)."""
+        return execute_interpolate(job) if isinstance(job, InterpolateJob) else execute_train(job)
 
     def eval(self, job: EvalJob) -> dict:
         return execute_eval(job, self.models)
@@ -120,6 +134,20 @@ def drift_of_run(out: Path, spec: DriftSpec, config: TrainConfig) -> dict:
     )
     atomic_write_json(path, result)
     return compact_drift(result)
+
+
+def execute_interpolate(job: InterpolateJob) -> dict:
+    """Save θ(α) of a trained run as a model in job.out_dir/model; return its summary, manifest and seconds."""
+    from ftgen.analysis.interpolate import interpolate_model
+
+    set_threads(job.threads)
+    out = Path(job.out_dir)
+    shutil.rmtree(out, ignore_errors=True)  # a model left by a kill before the store recorded it: built again
+    out.mkdir(parents=True)
+    t0 = time.perf_counter()
+    meta = interpolate_model(job.tuned_dir, job.alpha, out / "model", base=job.base)
+    summary = {k: v for k, v in meta.items() if k != "model_dir"} | {"base_model": meta["base"]}
+    return {"summary": summary, "manifest": manifest(out / "model"), "seconds": time.perf_counter() - t0}
 
 
 def execute_eval(job: EvalJob, models: ModelCache) -> dict:
