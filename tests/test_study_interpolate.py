@@ -196,3 +196,39 @@ def test_a_lost_interpolated_model_whose_run_was_deleted_trains_the_run_first(pa
     assert session(plan, tmp_path, units) == {"runs done": 2, "cells done": 1}
     assert [(k, j.key) for k, j in units.calls] == [("train", ft.key), ("interpolate", interp.key), ("eval", first.key)]
     assert not any((tmp_path / "runs" / r.dir_name / "model").exists() for r in plan.runs)
+
+
+# ---------------------------------------------------------------- a real tiny study (slow)
+
+REAL = {
+    "name": "interp-real",
+    "train": [{"task": "sentiment", "sizes": [8]}],
+    "methods": [{"name": "ft"}, {"name": "interpolate", "of": "ft", "alphas": [0, 0.5, 1]}],
+    "hyper": {"lr": [1e-4], "epochs": [1], "seeds": [0]},
+    "train_args": {"batch_size": 4, "micro_batch_size": 4, "max_length": 256, "dtype": "fp32"},
+    "eval": {"test_sets": {"sentiment": ["amazon"]}, "shots": [0], "limit": 8, "batch_size": 8, "dtype": "fp32"},
+    "keep_models": False,
+    "threads": 1,
+}
+
+
+@pytest.mark.slow
+def test_alpha_0_and_1_score_as_the_base_and_the_tuned_model(paper_data, tmp_path):
+    from ftgen.units import Units
+
+    plan = plan_for(REAL, paper_data)
+    with Store.open_writer(tmp_path) as store:
+        store.add([r.row() for r in plan.runs], [c.row() for c in plan.cells])
+        counts = Driver(plan, store, LocalExecutor(Units())).run()
+        assert counts == {"runs done": 4, "cells done": 5}
+        by_method = {r["method"]: r for r in store.rows("cells")}
+        scores = {m: r["score"] for m, r in by_method.items()}
+        probs = {m: [p.get("scores") for p in store.predictions(r["key"])] for m, r in by_method.items()}
+        summary = {r["method"]: r["summary"] for r in store.rows("runs")}
+    assert set(scores) == {"base", "ft", "ft@0", "ft@0.5", "ft@1"}
+    # bit-identical weights at the ends: the same label scores, not only the same accuracy
+    assert probs["ft@0"] == probs["base"] and scores["ft@0"] == scores["base"]
+    assert probs["ft@1"] == probs["ft"] and scores["ft@1"] == scores["ft"]
+    assert probs["ft@0.5"] not in (probs["base"], probs["ft"])  # a model between them, not one of them
+    assert '"alpha": 0.5' in summary["ft@0.5"] and '"kind": "full"' in summary["ft@0.5"]
+    assert not any((tmp_path / "runs" / r.dir_name / "model").exists() for r in plan.runs)  # keep_models: false
