@@ -4,6 +4,7 @@ the base / fine-tuned cells (slow)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -198,6 +199,23 @@ def test_a_lost_interpolated_model_whose_run_was_deleted_trains_the_run_first(pa
     assert not any((tmp_path / "runs" / r.dir_name / "model").exists() for r in plan.runs)
 
 
+def test_the_attention_analysis_reads_the_in_domain_set_with_the_first_k(paper_data, tmp_path):
+    from ftgen.units import AttentionSpec, attention_spec
+
+    data = STUDY | {"eval": STUDY["eval"] | {"shots": {"sentiment": [0, 2, 4], "detection": [0]}}}
+    data |= {"analysis": {"attention": True, "attention_records": 3}}
+    plan = plan_for(data, paper_data)
+    assert attention_spec(plan.resolved, "default", "sentiment", "amazon", 3) == AttentionSpec(
+        "default", "sentiment", "amazon", 2, 3, 0
+    )
+    assert attention_spec(plan.resolved, "default", "detection", "paws", 3) is None  # evaluated 0-shot only
+    # the driver hands it to every training run (not to the interpolations: they train nothing)
+    units = FakeUnits()
+    session(plan, tmp_path, units)
+    jobs = [j for k, j in units.calls if k == "train"]
+    assert len(jobs) == 2 and all(j.attention.test_set == "amazon" and j.attention.shots == 2 for j in jobs)
+
+
 # ---------------------------------------------------------------- a real tiny study (slow)
 
 REAL = {
@@ -206,7 +224,8 @@ REAL = {
     "methods": [{"name": "ft"}, {"name": "interpolate", "of": "ft", "alphas": [0, 0.5, 1]}],
     "hyper": {"lr": [1e-4], "epochs": [1], "seeds": [0]},
     "train_args": {"batch_size": 4, "micro_batch_size": 4, "max_length": 256, "dtype": "fp32"},
-    "eval": {"test_sets": {"sentiment": ["amazon"]}, "shots": [0], "limit": 8, "batch_size": 8, "dtype": "fp32"},
+    "eval": {"test_sets": {"sentiment": ["amazon"]}, "shots": [0, 2], "limit": 4, "batch_size": 8, "dtype": "fp32"},
+    "analysis": {"probe_records": 2, "attention": True, "attention_records": 2},
     "keep_models": False,
     "threads": 1,
 }
@@ -214,21 +233,42 @@ REAL = {
 
 @pytest.mark.slow
 def test_alpha_0_and_1_score_as_the_base_and_the_tuned_model(paper_data, tmp_path):
+    """A real study: WiSE-FT models whose ends are the base and the tuned model bit for bit; the run's layer
+    profile and attention shares read back from its directory."""
+    from ftgen.analysis import analyze_attention
+    from ftgen.analysis.study_analyses import study_attention, study_layers
+    from ftgen.tasks import load_task
     from ftgen.units import Units
 
     plan = plan_for(REAL, paper_data)
     with Store.open_writer(tmp_path) as store:
         store.add([r.row() for r in plan.runs], [c.row() for c in plan.cells])
         counts = Driver(plan, store, LocalExecutor(Units())).run()
-        assert counts == {"runs done": 4, "cells done": 5}
-        by_method = {r["method"]: r for r in store.rows("cells")}
-        scores = {m: r["score"] for m, r in by_method.items()}
-        probs = {m: [p.get("scores") for p in store.predictions(r["key"])] for m, r in by_method.items()}
-        summary = {r["method"]: r["summary"] for r in store.rows("runs")}
-    assert set(scores) == {"base", "ft", "ft@0", "ft@0.5", "ft@1"}
-    # bit-identical weights at the ends: the same label scores, not only the same accuracy
-    assert probs["ft@0"] == probs["base"] and scores["ft@0"] == scores["base"]
-    assert probs["ft@1"] == probs["ft"] and scores["ft@1"] == scores["ft"]
-    assert probs["ft@0.5"] not in (probs["base"], probs["ft"])  # a model between them, not one of them
-    assert '"alpha": 0.5' in summary["ft@0.5"] and '"kind": "full"' in summary["ft@0.5"]
+        assert counts == {"runs done": 4, "cells done": 5 * 2}
+        cells = {(r["method"], r["shots"]): r for r in store.rows("cells")}
+        scores = {k: r["score"] for k, r in cells.items()}
+        probs = {k: [p.get("scores") for p in store.predictions(r["key"])] for k, r in cells.items()}
+        summary = {r["method"]: json.loads(r["summary"]) for r in store.rows("runs")}
+        layers, attention = study_layers(store), study_attention(store)
+    assert {m for m, _ in scores} == {"base", "ft", "ft@0", "ft@0.5", "ft@1"}
+    for k in (0, 2):  # bit-identical weights at the ends: the same label scores, not only the same accuracy
+        assert probs[("ft@0", k)] == probs[("base", k)] and scores[("ft@0", k)] == scores[("base", k)]
+        assert probs[("ft@1", k)] == probs[("ft", k)] and scores[("ft@1", k)] == scores[("ft", k)]
+        assert probs[("ft@0.5", k)] not in (probs[("base", k)], probs[("ft", k)])  # a model between them
+    assert (summary["ft@0.5"]["alpha"], summary["ft@0.5"]["kind"]) == (0.5, "full")
     assert not any((tmp_path / "runs" / r.dir_name / "model").exists() for r in plan.runs)  # keep_models: false
+    # the analyses measured with the training, read back: one FT profile (30 layers, every one moved)
+    (profile,) = layers["profiles"]
+    assert profile["method"] == "ft" and len(profile["layers"]) == 30
+    assert all(e["mean_abs_change"] > 0 for e in profile["layers"]) and "No comparison" in layers["reading"]["sentence"]
+    assert summary["ft"]["drift"]["mean_abs_change"] == pytest.approx(profile["total"]["mean_abs_change"])
+    base, tuned = attention["models"].values()
+    for r in (base, tuned):
+        assert (r["test_set"], r["shots"], r["records"]) == ("amazon", 2, 2)
+        for e in r["layers"]:  # a softmax row over the prompt, cut into four segments
+            assert sum(e[s] for s in ("sink", "examples", "query", "template")) == pytest.approx(1.0, abs=1e-9)
+    direct = analyze_attention(
+        "default", task=load_task("sentiment"), test_set="amazon", shots=2, records=2, data_dir=paper_data
+    )
+    assert base["mean"] == direct["mean"] and tuned["mean"] != base["mean"]
+    assert summary["ft"]["attention"]["base"] == base["mean"]

@@ -23,7 +23,7 @@ The study YAML (see README "Studies"):
     train_args: {batch_size: 16}           # any other TrainConfig field
     eval: {test_sets: all, shots: {sentiment: [0, 2]}, prompt_formats: [0], limit: 250}
     executor: local                        # or ray; `workers: 2` runs 2 units at once
-    analysis: {drift: true, probe_records: 4}
+    analysis: {drift: true, probe_records: 4, attention: false}   # layer profiles come from drift
 
 Checks that need the task definitions or the data run in ftgen.validate.
 """
@@ -347,6 +347,12 @@ class RayOptions(_Frozen):
 class AnalysisSpec(_Frozen):
     drift: bool = Field(True, description="after each training run: weight drift and KL vs the base model")
     probe_records: int = Field(4, ge=1, le=10_000, description="records per evaluated task in the drift probe set")
+    attention: bool = Field(
+        False,
+        description="after each training run: the answer position's attention on in-context examples, base and "
+        "tuned, on the train task's in-domain test set k-shot (ftgen.analysis.attention)",
+    )
+    attention_records: int = Field(8, ge=1, le=10_000, description="records of the attention analysis")
 
 
 class StudyConfig(_Frozen):

@@ -36,7 +36,7 @@ from ftgen import progress
 from ftgen.errors import UserError
 from ftgen.plan import CellSpec, InterpolationSpec, Plan, RunSpec
 from ftgen.store import Store, manifest
-from ftgen.units import DriftSpec, EvalJob, InterpolateJob, TrainJob
+from ftgen.units import DriftSpec, EvalJob, InterpolateJob, TrainJob, attention_spec
 
 
 def error_line(err: BaseException) -> str:
@@ -174,7 +174,11 @@ class Driver:
         drift = None
         if cfg.analysis.drift:
             drift = DriftSpec(run.model, tuple(self.plan.resolved.tasks), cfg.analysis.probe_records)
-        job = TrainJob(run.key, run.config, str(self.run_dir(run)), cfg.threads, drift)
+        attention = None
+        if cfg.analysis.attention:
+            records = cfg.analysis.attention_records
+            attention = attention_spec(self.plan.resolved, run.model, run.train_task, run.train_set, records)
+        job = TrainJob(run.key, run.config, str(self.run_dir(run)), cfg.threads, drift, attention)
         self.jobs[self.executor.submit("train", job)] = run
 
     def submit_interpolation(self, run: InterpolationSpec) -> None:

@@ -27,12 +27,26 @@ class DriftSpec:
 
 
 @dataclass(frozen=True)
+class AttentionSpec:
+    """After training: attention shares of the base and the tuned model on `records` records of a test set with
+    `shots` in-context examples (ftgen.analysis.attention)."""
+
+    base: str
+    task: str
+    test_set: str
+    shots: int
+    records: int
+    fmt: int = 0
+
+
+@dataclass(frozen=True)
 class TrainJob:
     key: str
     config: TrainConfig  # data_dir and task_dirs included: where this process finds the data
     out_dir: str
     threads: int | None = None
     drift: DriftSpec | None = None
+    attention: AttentionSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,8 @@ def execute_train(job: TrainJob) -> dict:
     summary = train(job.config, out, resume=True)
     if job.drift is not None:
         summary = {**summary, "drift": drift_of_run(out, job.drift, job.config)}
+    if job.attention is not None:
+        summary = {**summary, "attention": attention_of_run(out, job.attention, job.config)}
     return {"summary": summary, "manifest": manifest(out / "model"), "seconds": time.perf_counter() - t0}
 
 
@@ -148,6 +164,39 @@ def execute_interpolate(job: InterpolateJob) -> dict:
     meta = interpolate_model(job.tuned_dir, job.alpha, out / "model", base=job.base)
     summary = {k: v for k, v in meta.items() if k != "model_dir"} | {"base_model": meta["base"]}
     return {"summary": summary, "manifest": manifest(out / "model"), "seconds": time.perf_counter() - t0}
+
+
+def attention_spec(resolved, model: str, train_task: str, train_set: str, records: int) -> AttentionSpec | None:
+    """The attention analysis of a run on `train_task`: its in-domain test set (else its first evaluated one) with
+    the task's first k-shot setting of the study; None when the study evaluates the task 0-shot only."""
+    sets = resolved.test_sets.get(train_task) or []
+    shots = [k for k in resolved.shots.get(train_task, []) if k > 0]
+    if not sets or not shots:
+        return None
+    test_set = train_set if train_set in sets else sets[0]
+    fmt = resolved.cfg.eval.prompt_formats[0]
+    return AttentionSpec(model, train_task, test_set, shots[0], records, fmt)
+
+
+def attention_of_run(out: Path, spec: AttentionSpec, config: TrainConfig) -> dict:
+    """Attention shares of the base and the tuned model: in full to OUT/attention.json (kept across a kill: not
+    measured twice), the per-model means into the run's summary."""
+    from ftgen.analysis import analyze_attention
+    from ftgen.files import atomic_write_json, read_json
+    from ftgen.tasks import load_task
+
+    path = out / "attention.json"
+    if not path.exists():
+        task = load_task(spec.task, config.task_dirs)
+        args = {"task": task, "test_set": spec.test_set, "shots": spec.shots, "records": spec.records}
+        result = {
+            name: analyze_attention(model, **args, data_dir=config.data_dir, fmt=spec.fmt)
+            for name, model in (("base", spec.base), ("tuned", str(out)))
+        }
+        atomic_write_json(path, result)
+    result = read_json(path)
+    first = result["tuned"]
+    return {"test_set": first["test_set"], "shots": first["shots"]} | {n: r["mean"] for n, r in result.items()}
 
 
 def execute_eval(job: EvalJob, models: ModelCache) -> dict:
