@@ -266,7 +266,9 @@ def test_alpha_0_and_1_score_as_the_base_and_the_tuned_model(paper_data, tmp_pat
     for r in (base, tuned):
         assert (r["test_set"], r["shots"], r["records"]) == ("amazon", 2, 2)
         for e in r["layers"]:  # a softmax row over the prompt, cut into four segments
-            assert sum(e[s] for s in ("sink", "examples", "query", "template")) == pytest.approx(1.0, abs=1e-9)
+            assert sum(e[s] for s in ("sink", "examples", "query", "template")) == pytest.approx(
+                1.0, abs=1e-6
+            )  # fp32 softmax
     direct = analyze_attention(
         "default", task=load_task("sentiment"), test_set="amazon", shots=2, records=2, data_dir=paper_data
     )
