@@ -212,6 +212,8 @@ class Driver:
             self.finished.add(run.key)
             s = result["summary"]
             loss = f"loss {s.get('loss_first_epoch') or 0:.3f} -> {s.get('loss_last_epoch') or 0:.3f}"
+            if isinstance(run, InterpolationSpec):
+                loss = f"{s.get('kind')} model saved"
             self.log_done(run, result["seconds"], loss)
             self.submit_cells(self.plan.cells_of(run.key), str(self.model_dir(run)))
             for interp in self.waiting.pop(run.key, []):
