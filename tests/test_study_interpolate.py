@@ -274,3 +274,15 @@ def test_alpha_0_and_1_score_as_the_base_and_the_tuned_model(paper_data, tmp_pat
     )
     assert base["mean"] == direct["mean"] and tuned["mean"] != base["mean"]
     assert summary["ft"]["attention"]["base"] == base["mean"]
+
+
+def test_the_disk_estimate_counts_interpolated_models_as_full_ones(paper_data):
+    from ftgen.costs import disk_estimate
+
+    data = with_methods(
+        {"name": "ft", "lora_r": 4}, {"name": "interpolate", "of": "ft+lora", "alphas": [0.25, 0.5]}, keep_models=False
+    )
+    d = disk_estimate(plan_for(data, paper_data))
+    full = next(line for line in d["models"] if "full fp32" in line)
+    assert d["runs"] == 3 and d["models_alive"] == 1 + 2 and "full fp32 checkpoint" in full  # 1 worker + 2 models
+    assert d["checkpoints_bytes"] == 0

@@ -272,7 +272,10 @@ def disk_estimate(plan: Plan) -> dict:
             (run.model, kind), f"{run.model}: {n / 1e9:.2f}B params ({how}); {kind} {fmt_bytes(4 * trained)}"
         )
     at_once = estimate_at_once(cfg)
-    alive = len(finals) if cfg.keep_models else min(len(finals), at_once)
+    # keep_models: false: a trained model lives while its cells run; interpolated models are built as soon as their
+    # run is trained, ahead of their cells, so all of them may be on disk at once
+    interpolated = sum(isinstance(r, InterpolationSpec) for r in plan.runs)
+    alive = len(finals) if cfg.keep_models else min(len(finals), at_once + interpolated)
     models = sum(finals) if cfg.keep_models else sum(sorted(finals)[-alive:]) if finals else 0
     checkpoints = sum(sorted(ckpts)[-at_once:]) if ckpts else 0
     return {
