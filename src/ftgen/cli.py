@@ -409,6 +409,7 @@ app.command("export")(cli_study.export_cmd)
 analyze_app.command("layers")(cli_analyze.analyze_layers_cmd)
 analyze_app.command("attention")(cli_analyze.analyze_attention_cmd)
 analyze_app.command("interpolate")(cli_analyze.analyze_interpolate_cmd)
+analyze_app.command("tradeoff")(cli_analyze.analyze_tradeoff_cmd)
 
 
 @app.command("report")

@@ -1,5 +1,5 @@
-"""`ftgen analyze layers | attention | interpolate`: the analyses of trained runs beyond drift (ftgen.analysis).
-ftgen.cli registers these functions on its `analyze` group."""
+"""`ftgen analyze layers | attention | interpolate | tradeoff`: the analyses of trained runs beyond drift
+(ftgen.analysis). ftgen.cli registers these functions on its `analyze` group."""
 
 from __future__ import annotations
 
@@ -150,3 +150,39 @@ def analyze_interpolate_cmd(
         meta = interpolate_model(run, a, out / f"alpha-{a:g}", base=base)
         rows.append({"alpha": f"{a:g}", "kind": meta["kind"], "base": meta["base"], "model": meta["model_dir"]})
     print_table(f"Interpolations of {run}", rows, ["alpha", "kind", "base", "model"])
+
+
+def analyze_tradeoff_cmd(
+    study: Annotated[Path, typer.Argument(metavar="OUT", help="A study's output directory (its results store).")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help=with_default("Also write tradeoff.json and a figure per setting here.", "print only")),
+    ] = None,
+):
+    """The WiSE-FT trade-off of a study's `interpolate` methods: ID / OOD / cross-task against α, the best α."""
+    from ftgen.analysis.tradeoff import tradeoff, tradeoff_rows
+    from ftgen.store import Store
+
+    if out is not None:
+        from ftgen.files import ensure_writable_dir
+
+        ensure_writable_dir(out)
+    with Store.open_reader(study) as store, store.readable():
+        result = tradeoff(store)
+    if not result["points"]:
+        raise UserError(f"{study}: no interpolated model evaluated (add {{name: interpolate, of: ft, alphas: [...]}})")
+    rows = tradeoff_rows(result)
+    title = "Score (Δ vs base) per α, mean over test sets of each group; * = best α"
+    print_table(title, rows, list(rows[0]))
+    for b in result["best"]:
+        print(f"{b['setting']}: {b['sentence']}")
+    if out is not None:
+        from ftgen.analysis import plot_tradeoff
+        from ftgen.files import atomic_write_json
+        from ftgen.study_files import name_part
+
+        atomic_write_json(out / "tradeoff.json", result)
+        for b in result["best"]:
+            points = [p for p in result["points"] if p["setting"] == b["setting"]]
+            plot_tradeoff(points, out / f"tradeoff-{name_part(b['setting'])}")
+        print(f"wrote {out / 'tradeoff.json'} and a figure per setting (tradeoff-*.png/.svg)")

@@ -18,11 +18,12 @@ The study YAML (see README "Studies"):
     models: [default]                      # HF ids or local paths too
     train: [{task: sentiment, train_set: amazon, sizes: [200]}]
     methods: [{name: ft}, {name: fticl, shots: {sentiment: 2}}]   # LoRA with lora_r: 8
+    # + {name: interpolate, of: ft, alphas: [0.5]}: WiSE-FT models between the base and each ft run
     hyper: {lr: [2e-5], epochs: [2], seeds: [0]}                   # lists expand into a grid
     train_args: {batch_size: 16}           # any other TrainConfig field
     eval: {test_sets: all, shots: {sentiment: [0, 2]}, prompt_formats: [0], limit: 250}
     executor: local                        # or ray; `workers: 2` runs 2 units at once
-    analysis: {drift: true, probe_records: 4}
+    analysis: {drift: true, probe_records: 4, attention: false}   # layer profiles come from drift
 
 Checks that need the task definitions or the data run in ftgen.validate.
 """
@@ -227,20 +228,50 @@ class TrainEntry(_Frozen):
         return sizes
 
 
-class Method(_Frozen):
-    """How to fine-tune: plain (`ft`) or with k in-context examples in each training prompt (`fticl`)."""
+Alpha = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
-    name: Literal["ft", "fticl"]
+
+class Method(_Frozen):
+    """How to fine-tune: plain (`ft`) or with k in-context examples in each training prompt (`fticl`); or
+    `interpolate`: no training, θ = (1 − α)·θ_base + α·θ_tuned of each run of the method `of`, for each α
+    (WiSE-FT; ftgen.analysis.interpolate), evaluated like any model."""
+
+    name: Literal["ft", "fticl", "interpolate"]
     label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.+\-]+$", description="default: name (+lora)")
     shots: Annotated[int, Field(ge=1, le=1024)] | dict[str, Annotated[int, Field(ge=1, le=1024)]] | None = Field(
         None, description="fticl: k, one for all tasks or per train task; default the task's first fticl_shots"
     )
     lora_r: int = Field(0, ge=0, le=4096, description="0 = full fine-tuning")
     lora_alpha: PositiveFinite | None = None
+    of: str | None = Field(None, description="interpolate: the label of the trained method (ft, fticl, ft+lora, ...)")
+    alphas: list[Alpha] | None = Field(None, min_length=1, description="interpolate: the α values, each in [0, 1]")
 
     @property
     def display(self) -> str:
+        if self.name == "interpolate":
+            return self.label or f"interpolate-{self.of}"
         return self.label or (self.name + ("+lora" if self.lora_r else ""))
+
+    @property
+    def trains(self) -> bool:
+        return self.name != "interpolate"
+
+    @field_validator("alphas")
+    @classmethod
+    def _distinct_alphas(cls, alphas: list[float] | None) -> list[float] | None:
+        return alphas if alphas is None else _distinct(alphas, "alphas")
+
+    @model_validator(mode="after")
+    def _interpolate_fields(self) -> Method:
+        given = [f for f in ("of", "alphas") if getattr(self, f) is not None]
+        if self.name == "interpolate":
+            if len(given) < 2:
+                raise ValueError("interpolate needs 'of' (a trained method's label) and 'alphas' (values in [0, 1])")
+            if self.shots is not None or self.lora_r or self.lora_alpha is not None:
+                raise ValueError("interpolate trains nothing: shots, lora_r and lora_alpha belong to the method 'of'")
+        elif given:
+            raise ValueError(f"'{given[0]}' is a field of the method 'interpolate' only")
+        return self
 
 
 class Hyper(_Frozen):
@@ -316,6 +347,12 @@ class RayOptions(_Frozen):
 class AnalysisSpec(_Frozen):
     drift: bool = Field(True, description="after each training run: weight drift and KL vs the base model")
     probe_records: int = Field(4, ge=1, le=10_000, description="records per evaluated task in the drift probe set")
+    attention: bool = Field(
+        False,
+        description="after each training run: the answer position's attention on in-context examples, base and "
+        "tuned, on the train task's in-domain test set k-shot (ftgen.analysis.attention)",
+    )
+    attention_records: int = Field(8, ge=1, le=10_000, description="records of the attention analysis")
 
 
 class StudyConfig(_Frozen):
@@ -344,6 +381,16 @@ class StudyConfig(_Frozen):
     @classmethod
     def _models(cls, models: list[str]) -> list[str]:
         return _distinct(models, "models")
+
+    @property
+    def train_methods(self) -> list[Method]:
+        """The methods that train a model (not `interpolate`)."""
+        return [m for m in self.methods if m.trains]
+
+    @property
+    def interpolations(self) -> list[Method]:
+        """The `interpolate` methods: each names a trained method (`of`) and its α values."""
+        return [m for m in self.methods if not m.trains]
 
 
 # Fields a study sets itself for each training run: they may not appear under train_args.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ftgen.data import read_raw_records
 from ftgen.files import atomic_write_text
-from ftgen.plan import CellSpec, Plan, RunSpec, train_file
+from ftgen.plan import CellSpec, InterpolationSpec, Plan, RunSpec, train_file
 from ftgen.store import Store
 from ftgen.tasks import TaskDef
 
@@ -65,6 +65,8 @@ class CostModel:
         """(kind, seconds) of one unit."""
         res = self.plan.resolved
         scale = param_count(spec.model) / REF_PARAMS
+        if isinstance(spec, InterpolationSpec):  # load two models in fp32, mix, save one
+            return "train", 3 * CPU_MODEL_LOAD_S * scale
         if isinstance(spec, RunSpec):
             task = res.tasks[spec.train_task]
             path = train_file(res, spec.train_task, spec.train_set, spec.size)
@@ -259,16 +261,21 @@ def disk_estimate(plan: Plan) -> dict:
         shape = shapes[run.model]
         n = params_of(shape)
         tc = run.config
-        trained = lora_params(shape, tc.lora_r, tc.lora_targets) if tc.lora_r else n
+        interpolated = isinstance(run, InterpolationSpec)  # a full model, never checkpointed
+        lora = tc.lora_r and not interpolated
+        trained = lora_params(shape, tc.lora_r, tc.lora_targets) if lora else n
         finals.append(4 * trained)
-        ckpts.append((4 * n + 8 * trained) * (tc.keep_checkpoints + 1) if tc.save_every else 0)
+        ckpts.append((4 * n + 8 * trained) * (tc.keep_checkpoints + 1) if tc.save_every and not interpolated else 0)
         how = "exact shape" if shape.get("exact") else "shape guessed from the name"
-        kind = f"LoRA r={tc.lora_r} adapter" if tc.lora_r else "full fp32 checkpoint"
+        kind = f"LoRA r={tc.lora_r} adapter" if lora else "full fp32 checkpoint"
         lines.setdefault(
             (run.model, kind), f"{run.model}: {n / 1e9:.2f}B params ({how}); {kind} {fmt_bytes(4 * trained)}"
         )
     at_once = estimate_at_once(cfg)
-    alive = len(finals) if cfg.keep_models else min(len(finals), at_once)
+    # keep_models: false: a trained model lives while its cells run; interpolated models are built as soon as their
+    # run is trained, ahead of their cells, so all of them may be on disk at once
+    interpolated = sum(isinstance(r, InterpolationSpec) for r in plan.runs)
+    alive = len(finals) if cfg.keep_models else min(len(finals), at_once + interpolated)
     models = sum(finals) if cfg.keep_models else sum(sorted(finals)[-alive:]) if finals else 0
     checkpoints = sum(sorted(ckpts)[-at_once:]) if ckpts else 0
     return {

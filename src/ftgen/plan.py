@@ -7,7 +7,8 @@ Keys. A unit's identity is the result part of its config object (ftgen.config.re
 marked a setting), the task definition, the content hashes of the data files it reads and RESULT_RULES; its key
 is the hash of that identity. So a moved data directory keeps every key, an edited file changes the keys of
 the units that read it, and batch sizes, threads or paths change none. A cell's identity holds its model's:
-the run's key (retrained model, new cells) or `base:<model>`.
+the run's key (retrained model, new cells) or `base:<model>`. An interpolated model (`interpolate` in the
+study's methods: `InterpolationSpec`) is a run-like unit keyed by its trained run's key and α.
 
 Slots. A unit's `slot` names its coordinates in the grid (ftgen.store.RUN_COORDS / CELL_COORDS); the store
 holds one live row per slot. `check_changes` finds rows at a planned slot whose key differs: the config
@@ -120,6 +121,42 @@ class RunSpec:
         return f"train {self.train_task}/{self.train_set} " + self.name.split(" ", 1)[1]
 
 
+def interpolation_identity(of: RunSpec, alpha: float) -> dict:
+    """What determines an interpolated model: the trained run's identity (through its key) and α."""
+    return {"unit": "interpolate", "rules": RESULT_RULES, "of": of.key, "alpha": alpha}
+
+
+@dataclass
+class InterpolationSpec(RunSpec):
+    """A run-like unit: θ(α) = (1 − α)·θ_base + α·θ_tuned of the trained run `of` (ftgen.analysis.interpolate).
+
+    It has `of`'s coordinates with method `<of's method>@<α>` (`ft@0.5`: `@` is never in a method label), a row in
+    the runs table, a directory under runs/ and cells of its own, keyed by `of`'s key and α."""
+
+    of: RunSpec | None = None
+    alpha: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.of.name} α={_num(self.alpha)}"
+
+    def describe(self) -> str:
+        return f"interpolate {self.of.train_task}/{self.of.train_set} " + self.name.split(" ", 1)[1]
+
+
+def _interpolation_specs(cfg: StudyConfig, runs: list[RunSpec]) -> list[InterpolationSpec]:
+    """One unit per trained run of each `interpolate` method's `of`, per α."""
+    specs = []
+    for interp in cfg.interpolations:
+        for run in (r for r in runs if r.method == interp.of):
+            for alpha in interp.alphas or []:
+                identity = interpolation_identity(run, alpha)
+                coords = {c: getattr(run, c) for c in RUN_COORDS} | {"method": f"{run.method}@{_num(alpha)}"}
+                extra = {"fticl_k": run.fticl_k, "lora_r": run.lora_r, "config": run.config, "identity": identity}
+                specs.append(InterpolationSpec(key=unit_key(identity), **coords, **extra, of=run, alpha=alpha))
+    return specs
+
+
 @dataclass
 class CellSpec:
     """One evaluation cell: a model (base or trained) on one test set, shots and prompt format."""
@@ -164,6 +201,10 @@ class Plan:
     @property
     def cfg(self) -> StudyConfig:
         return self.resolved.cfg
+
+    def interpolations_of(self, run_key: str) -> list[InterpolationSpec]:
+        """The interpolated models built from the trained run `run_key`."""
+        return [r for r in self.runs if isinstance(r, InterpolationSpec) and r.of.key == run_key]
 
     def cells_of(self, run_key: str | None, model: str | None = None) -> list[CellSpec]:
         return [
@@ -277,8 +318,9 @@ def build_plan(resolved: Resolved) -> Plan:
         _run_spec(resolved, i, method, (model, size, lr, epochs, seed), hashes)
         for model in cfg.models
         for i, entry in enumerate(cfg.train)
-        for size, method, lr, epochs, seed in itertools.product(entry.sizes, cfg.methods, h.lr, h.epochs, h.seeds)
+        for size, method, lr, epochs, seed in itertools.product(entry.sizes, cfg.train_methods, h.lr, h.epochs, h.seeds)
     ]
+    runs += _interpolation_specs(cfg, runs)  # after the runs they are built from (the driver's order)
     assert len({r.slot for r in runs}) == len(runs), "two training runs share a slot"
     assert len({r.dir_name for r in runs}) == len(runs), "two training runs share a directory name"
     twins = [(a, b) for a, b in itertools.combinations(runs, 2) if a.key == b.key]

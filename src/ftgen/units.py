@@ -1,8 +1,9 @@
-"""What one unit of a study does, in whatever process an executor runs it: train a run, or evaluate a cell.
+"""What one unit of a study does, in whatever process an executor runs it: train a run (or build an interpolated
+model), or evaluate a cell.
 
-A worker gets a job (`TrainJob`: the run's whole TrainConfig; `EvalJob`: the cell's whole EvalParams), computes,
-and returns a plain dict; only the driver writes the results store. `Units` bundles the two bodies with the
-process's `ModelCache`, so consecutive cells on one model load it once.
+A worker gets a job (`TrainJob`: the run's whole TrainConfig; `InterpolateJob`: a trained run and α; `EvalJob`: the
+cell's whole EvalParams), computes, and returns a plain dict; only the driver writes the results store. `Units`
+bundles the bodies with the process's `ModelCache`, so consecutive cells on one model load it once.
 """
 
 from __future__ import annotations
@@ -26,12 +27,38 @@ class DriftSpec:
 
 
 @dataclass(frozen=True)
+class AttentionSpec:
+    """After training: attention shares of the base and the tuned model on `records` records of a test set with
+    `shots` in-context examples (ftgen.analysis.attention)."""
+
+    base: str
+    task: str
+    test_set: str
+    shots: int
+    records: int
+    fmt: int = 0
+
+
+@dataclass(frozen=True)
 class TrainJob:
     key: str
     config: TrainConfig  # data_dir and task_dirs included: where this process finds the data
     out_dir: str
     threads: int | None = None
     drift: DriftSpec | None = None
+    attention: AttentionSpec | None = None
+
+
+@dataclass(frozen=True)
+class InterpolateJob:
+    """Build θ(α) of the trained run in `tuned_dir` (its `model/` beside train_summary.json) into out_dir/model."""
+
+    key: str
+    tuned_dir: str
+    base: str  # the base model of a full fine-tuning run (a LoRA adapter names its own)
+    alpha: float
+    out_dir: str
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -72,8 +99,9 @@ class Units:
     def __init__(self) -> None:
         self.models = ModelCache()
 
-    def train(self, job: TrainJob) -> dict:
-        return execute_train(job)
+    def train(self, job: TrainJob | InterpolateJob) -> dict:
+        """A run-like unit: a training run, or an interpolated model (both make a model for cells)."""
+        return execute_interpolate(job) if isinstance(job, InterpolateJob) else execute_train(job)
 
     def eval(self, job: EvalJob) -> dict:
         return execute_eval(job, self.models)
@@ -102,6 +130,8 @@ def execute_train(job: TrainJob) -> dict:
     summary = {**summary, "environment": train_environment(job.config)}
     if job.drift is not None:
         summary = {**summary, "drift": drift_of_run(out, job.drift, job.config)}
+    if job.attention is not None:
+        summary = {**summary, "attention": attention_of_run(out, job.attention, job.config)}
     return {"summary": summary, "manifest": manifest(out / "model"), "seconds": time.perf_counter() - t0}
 
 
@@ -132,6 +162,53 @@ def drift_of_run(out: Path, spec: DriftSpec, config: TrainConfig) -> dict:
     )
     atomic_write_json(path, result)
     return compact_drift(result)
+
+
+def execute_interpolate(job: InterpolateJob) -> dict:
+    """Save θ(α) of a trained run as a model in job.out_dir/model; return its summary, manifest and seconds."""
+    from ftgen.analysis.interpolate import interpolate_model
+
+    set_threads(job.threads)
+    out = Path(job.out_dir)
+    shutil.rmtree(out, ignore_errors=True)  # a model left by a kill before the store recorded it: built again
+    out.mkdir(parents=True)
+    t0 = time.perf_counter()
+    meta = interpolate_model(job.tuned_dir, job.alpha, out / "model", base=job.base)
+    summary = {k: v for k, v in meta.items() if k != "model_dir"} | {"base_model": meta["base"]}
+    return {"summary": summary, "manifest": manifest(out / "model"), "seconds": time.perf_counter() - t0}
+
+
+def attention_spec(resolved, model: str, train_task: str, train_set: str, records: int) -> AttentionSpec | None:
+    """The attention analysis of a run on `train_task`: its in-domain test set (else its first evaluated one) with
+    the task's first k-shot setting of the study; None when the study evaluates the task 0-shot only."""
+    sets = resolved.test_sets.get(train_task) or []
+    shots = [k for k in resolved.shots.get(train_task, []) if k > 0]
+    if not sets or not shots:
+        return None
+    test_set = train_set if train_set in sets else sets[0]
+    fmt = resolved.cfg.eval.prompt_formats[0]
+    return AttentionSpec(model, train_task, test_set, shots[0], records, fmt)
+
+
+def attention_of_run(out: Path, spec: AttentionSpec, config: TrainConfig) -> dict:
+    """Attention shares of the base and the tuned model: in full to OUT/attention.json (kept across a kill: not
+    measured twice), the per-model means into the run's summary."""
+    from ftgen.analysis import analyze_attention
+    from ftgen.files import atomic_write_json, read_json
+    from ftgen.tasks import load_task
+
+    path = out / "attention.json"
+    if not path.exists():
+        task = load_task(spec.task, config.task_dirs)
+        args = {"task": task, "test_set": spec.test_set, "shots": spec.shots, "records": spec.records}
+        result = {
+            name: analyze_attention(model, **args, data_dir=config.data_dir, fmt=spec.fmt)
+            for name, model in (("base", spec.base), ("tuned", str(out)))
+        }
+        atomic_write_json(path, result)
+    result = read_json(path)
+    first = result["tuned"]
+    return {"test_set": first["test_set"], "shots": first["shots"]} | {n: r["mean"] for n, r in result.items()}
 
 
 def execute_eval(job: EvalJob, models: ModelCache) -> dict:

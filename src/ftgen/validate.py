@@ -110,6 +110,7 @@ class _Checker:
         self.check_models()
         train_sets = self.check_train()
         self.check_methods()
+        self.check_interpolations()
         self.check_train_args()
         wanted = self.wanted_test_sets()
         test_sets = {name: self.test_sets_of(name, sets) for name, sets in wanted.items()}
@@ -171,6 +172,19 @@ class _Checker:
             for entry in self.cfg.train if m.name == "fticl" and m.shots is None else []:
                 if not self.known[entry.task].fticl_shots:
                     self.fail(f"methods.{i}.shots", f"task '{entry.task}' has no default fticl_shots: give k")
+
+    def check_interpolations(self) -> None:
+        """`interpolate` names a method of this study that trains, once."""
+        trained = [m.display for m in self.cfg.train_methods]
+        seen: list[str] = []
+        for i, m in enumerate(self.cfg.methods):
+            if m.trains:
+                continue
+            if m.of not in trained:
+                self.fail(f"methods.{i}.of", f"'{m.of}' is not a method that trains (known: {', '.join(trained)})")
+            if m.of in seen:
+                self.fail(f"methods.{i}.of", f"'{m.of}' is interpolated twice (give all its alphas in one entry)")
+            seen.append(m.of)
 
     def check_train_args(self) -> None:
         """train_args: fields of TrainConfig that the study does not set itself."""

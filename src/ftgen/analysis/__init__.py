@@ -4,6 +4,8 @@
 - `layers`: the same per transformer layer, in-domain vs cross-task, and where FT and FTICL differ most.
 - `attention`: how much attention the answer position pays to in-context examples at test time.
 - `interpolate`: WiSE-FT weight interpolation between base and tuned, and the α trade-off it offers.
+- `tradeoff`: a study's WiSE-FT trade-off read from its results store (ID / OOD / cross-task against α).
+- `study_analyses`: a study's layer profiles and attention shares, read back from its run directories.
 
 Each analysis takes plain inputs (model dirs or loaded models, tasks, a data dir, probe settings) and returns
 a JSON-serialisable dict; it runs in fp32 and gives the same numbers on a rerun.
