@@ -22,8 +22,9 @@ demo: setup
 	$(FTGEN) study configs/quick.yaml --data-dir $(DATA) --out $(OUT)
 	$(FTGEN) report $(OUT)
 
+# Two workers, one per core, each test file on one worker (its module fixtures built once); torch one thread each.
 test: setup
-	$(VENV)/bin/pytest -q
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -n 2 --dist loadfile --durations=15
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks tools

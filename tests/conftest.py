@@ -16,6 +16,22 @@ PAPER_DATA = Path(os.environ.get("FTGEN_PAPER_DATA", REPO.parent / "shared" / "p
 progress.set_quiet(True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tests_cache(tmp_path_factory):
+    """The whole session (and the commands it starts) uses a cache of its own whose models/ is the machine's:
+    the default model is built once and shared, but what a test study calibrates never reaches the machine's
+    study_calibration.json, which a user's --dry-run estimates are scaled by."""
+    from ftgen.models import cache_dir
+
+    machine_models = cache_dir() / "models"
+    machine_models.mkdir(parents=True, exist_ok=True)
+    own = tmp_path_factory.mktemp("ftgen-cache")
+    (own / "models").symlink_to(machine_models.resolve(), target_is_directory=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FTGEN_CACHE", str(own))
+        yield own
+
+
 @pytest.fixture(scope="session")
 def paper_data() -> Path:
     if not PAPER_DATA.is_dir():
