@@ -220,10 +220,13 @@ def eval_cmd(
         task_dirs=task_dir,
     )
     for r in rows:
+        reasons = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in r["dropped"].items() if v)
+        r["dropped"] = f"{r['n_dropped']} ({reasons})" if reasons else "0"
         if "pred_share" in r:
             r["predicted"] = " / ".join(f"{lab} {v:.0f}%" for lab, v in r["pred_share"].items())
     extra = ["macro_f1", "predicted"] if "pred_share" in rows[0] else ["bleu"]
-    columns = ["test_set", "shots", "fmt", "metric", "score", *extra, "n", "truncated", "seconds", "ex_s", "batch"]
+    columns = ["test_set", "shots", "fmt", "metric", "score", *extra, "n_scored", "dropped", "truncated", "seconds"]
+    columns += ["ex_s", "batch"]
     print_table(f"{model} on {task}", rows, columns)
     print(f"wrote {Path(out) / 'summary.json'}")
 

@@ -44,7 +44,7 @@ from ftgen.errors import UserError
 from ftgen.files import atomic_write_json, atomic_write_jsonl
 from ftgen.memory import check_batch_size, injected_limit, run_in_batches
 from ftgen.progress import bar
-from ftgen.prompts import Prompt, encode_prompt, encode_text, fit_prompt, render_context, separator_after
+from ftgen.prompts import Prompt, encode_labels, encode_prompt, fit_prompt, render_context, template_lead
 from ftgen.tasks import TaskDef
 
 SCORING = ("sum", "mean", "first-token")
@@ -90,17 +90,18 @@ def cut_at_stop(text: str) -> str:
 
 def _prepare(task: TaskDef, records: list[dict], context: str, fmt: int, tokenizer, max_length: int):
     """(context ids, items): fit each record's prompt in max_length and tokenize it segment-wise."""
-    label_ids: dict[str, list[int]] = {}
+    labels_after: dict[str, list[list[int]]] = {}  # lead -> label ids (the lead rarely varies within a format)
 
-    def encode_label(text: str) -> list[int]:
-        if text not in label_ids:
-            label_ids[text] = encode_text(tokenizer, text)
-        return label_ids[text]
+    def labels_of(lead: str) -> list[list[int]]:
+        if lead not in labels_after:
+            labels_after[lead] = encode_labels(tokenizer, task, lead)
+            if any(not ids for ids in labels_after[lead]):
+                raise UserError(f"task '{task.name}': a label word encodes to no tokens")
+        return labels_after[lead]
 
     if task.kind == "classification":
-        # Room for the longest label under either separator, so that every label's continuation fits.
-        seps = {task.answer_separator, ""}
-        reserve = max(len(encode_label(s + lab)) for lab in task.labels for s in seps)
+        # Room for the longest label after the format's lead, so that every label's continuation fits.
+        reserve = max(map(len, labels_of(template_lead(task, fmt))))
     else:
         reserve = task.max_new_tokens
     context_ids = None
@@ -110,12 +111,23 @@ def _prepare(task: TaskDef, records: list[dict], context: str, fmt: int, tokeniz
         prompt = fit_prompt(task, {**rec, "output": ""}, fmt, context, tokenizer, max_length, reserve=reserve)
         enc = encode_prompt(tokenizer, prompt)
         context_ids = enc.context if context_ids is None else context_ids
-        sep = separator_after(task, prompt.query)
-        labels = [encode_label(sep + lab) for lab in task.labels] if task.kind == "classification" else []
-        if any(not ids for ids in labels):
-            raise UserError(f"task '{task.name}': a label word encodes to no tokens")
+        labels = labels_of(prompt.lead) if task.kind == "classification" else []
         items.append(Item(rec, prompt, enc.query, labels))
     return context_ids or [], items
+
+
+def _check_first_tokens(task: TaskDef, items: list[Item]) -> None:
+    """First-token scoring needs labels that start with different tokens (else the first label always wins)."""
+    for labels in {tuple(tuple(lab) for lab in it.labels) for it in items}:
+        first_label: dict[int, str] = {}
+        for label, ids in zip(task.labels, labels, strict=True):
+            if ids[0] in first_label:
+                raise UserError(
+                    f"task '{task.name}': labels '{first_label[ids[0]]}' and '{label}' start with the same token "
+                    f"({ids[0]}) under this tokenizer, so first-token scoring cannot tell them apart "
+                    "(use scoring sum or mean)"
+                )
+            first_label[ids[0]] = label
 
 
 def _longest_first(items: list[Item]) -> list[int]:
@@ -416,6 +428,7 @@ def evaluate(
     backend: str = "hf",
     prefix_cache: bool = True,
     memory_limit: int | str | None = None,
+    data_report=None,
     desc: str = "eval",
 ) -> EvalResult:
     """Evaluate a loaded model on `records` of `task` with `shots` as in-context examples.
@@ -426,7 +439,8 @@ def evaluate(
     `memory_limit` (bytes or "200MB"; default: FTGEN_MEMORY_LIMIT) simulates a device that holds no more,
     for tests. `prefix_cache=False` runs the plain reference computation (no shared KV cache, no label
     tree). `backend="vllm"` takes a `vllm.LLM` as `model` (see ftgen.vllm_backend.load_vllm).
-    `desc` labels the progress bar.
+    `data_report`: the test set's `ftgen.data.LoadReport`, whose dropped records (ignored labels, invalid
+    records) the metrics count beside the records scored. `desc` labels the progress bar.
     """
     if scoring not in SCORING:
         raise UserError(f"unknown scoring '{scoring}' (use {', '.join(SCORING)})")
@@ -446,12 +460,15 @@ def evaluate(
         max_length = _model_max_length(model, tokenizer, backend)
     context = render_context(task, shots, fmt)
     context_ids, items = _prepare(task, records, context, fmt, tokenizer, max_length)
+    if scoring == "first-token" and task.kind == "classification":
+        _check_first_tokens(task, items)
     with bar(total=len(items), desc=desc, unit="rec") as pbar:
         run = _run_backend(model, tokenizer, task, items, context_ids, backend, batch_size, prefix_cache, pbar, limit)
     if task.kind == "classification":
         predictions, task_metrics = _classification_outputs(task, items, run["logprobs"], scoring)
     else:
         predictions, task_metrics = _generation_outputs(task, items, run["texts"])
+    task_metrics |= record_counts(len(items), data_report)
     seconds = time.perf_counter() - t0
     work = len(context_ids) + sum(len(it.query) + sum(map(len, it.labels)) for it in items)
     metrics = {
@@ -465,6 +482,7 @@ def evaluate(
         "shots": len(shots),
         "fmt": fmt,
         "scoring": scoring if task.kind == "classification" else None,
+        **({"rouge_stem": task.rouge_stem} if task.kind == "generation" else {}),
         "max_length": max_length,
         "context_tokens": len(context_ids),
         "prompt_tokens": work,  # context once + every query (+ label) token: the prefill work
@@ -543,7 +561,16 @@ def _generation_outputs(task: TaskDef, items: list[Item], texts: list[str]) -> t
         }
         for it, text in zip(items, texts, strict=True)
     ]
-    return predictions, M.generation_metrics(texts, [it.record["output"] for it in items])
+    return predictions, M.generation_metrics(texts, [it.record["output"] for it in items], stem=task.rouge_stem)
+
+
+def record_counts(n_scored: int, data_report=None) -> dict:
+    """The records a cell scored and those its test set dropped, by reason (from a `ftgen.data.LoadReport`)."""
+    dropped = {
+        "ignored_label": getattr(data_report, "ignored", 0),  # e.g. MultiNLI's '-': no gold label to score
+        "invalid": getattr(data_report, "invalid", 0),  # skipped by --skip-invalid / skip_invalid
+    }
+    return {"n_scored": n_scored, "n_dropped": sum(dropped.values()), "dropped": dropped}
 
 
 def write_eval_outputs(result: EvalResult, out_dir: Path) -> None:
