@@ -211,7 +211,7 @@ def test_ftgen_eval_refuses_first_token_ties_before_the_model_loads(tmp_path, ca
     assert not out.exists()
 
 
-def test_study_validation_refuses_first_token_ties(tmp_path, default_model_dir):
+def test_study_validation_refuses_first_token_ties(tmp_path, default_model_dir, monkeypatch):
     from ftgen.models import load_tokenizer
 
     _clash_task_file(tmp_path, load_tokenizer("default"))
@@ -227,6 +227,15 @@ def test_study_validation_refuses_first_token_ties(tmp_path, default_model_dir):
     cfg = parse_study(data | {"eval": data["eval"] | {"scoring": "first-token"}}, "s.yaml")
     with pytest.raises(UserError, match=r"s.yaml: field 'eval.scoring': task 'clash' prompt format 0: labels"):
         validate_study(cfg, None, "s.yaml")
+    # a model whose tokenizer is not here (a Hub id not downloaded) is left to the engine, with a note
+    data["models"] = ["default", "nobody-here/no-such-model"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="task 'clash'"):
+        validate_study(parse_study(data | {"eval": data["eval"] | {"scoring": "first-token"}}, "s.yaml"), None, "s")
+    data["models"] = ["nobody-here/no-such-model"]
+    cfg = parse_study(data | {"eval": data["eval"] | {"scoring": "first-token"}}, "s.yaml")
+    assert any("no-such-model is not here" in n for n in validate_study(cfg, None, "s.yaml").notes)
+    data["models"] = ["default"]
     del data["eval"]["test_sets"]["clash"]
     validate_study(parse_study(data | {"eval": data["eval"] | {"scoring": "first-token"}}, "s.yaml"), None, "s.yaml")
 

@@ -225,9 +225,9 @@ def eval_cmd(
         if "pred_share" in r:
             r["predicted"] = " / ".join(f"{lab} {v:.0f}%" for lab, v in r["pred_share"].items())
     extra = ["macro_f1", "predicted"] if "pred_share" in rows[0] else ["bleu"]
-    columns = ["test_set", "shots", "fmt", "metric", "score", *extra, "n_scored", "dropped", "truncated", "seconds"]
-    columns += ["ex_s", "batch"]
-    print_table(f"{model} on {task}", rows, columns)
+    columns = ["test_set", "shots", "fmt", "score", *extra, "n_scored", "dropped", "truncated", "seconds", "ex_s"]
+    columns += ["batch"]
+    print_table(f"{model} on {task}: {rows[0]['metric']}", rows, columns)  # one task: one metric
     print(f"wrote {Path(out) / 'summary.json'}")
 
 
