@@ -300,3 +300,25 @@ def test_ftgen_eval_counts_scored_and_dropped_records(tmp_path, default_model_di
     header = next(line for line in r.stdout.splitlines() if "n_scored" in line)
     assert "dropped" in header
     assert "2 (1 ignored label, 1 invalid)" in r.stdout
+
+
+def test_a_study_cell_counts_scored_and_dropped_records(tmp_path, default_model_dir):
+    from ftgen.config import EvalParams
+    from ftgen.units import EvalJob, ModelCache, execute_eval
+
+    rows = [
+        {"input_1": "A man plays a guitar.", "input_2": "A person makes music.", "output": "entailment"},
+        {"input_1": "The cat sleeps.", "input_2": "The cat is running.", "output": "-"},  # no gold label
+        {"input_1": "It rains.", "input_2": "", "output": "contradiction"},  # invalid
+        {"input_1": "It rains.", "input_2": "It is dry.", "output": "contradiction"},
+    ]
+    (tmp_path / "inference").mkdir()
+    (tmp_path / "inference" / "mini_test_4.json").write_text(json.dumps(rows))
+    params = EvalParams(
+        task="inference", test_set="mini", shots=0, fmt=1, scoring="first-token", max_new_tokens=None,
+        max_length=None, dtype="fp32", limit=None, skip_invalid=True,
+    )  # fmt: skip
+    job = EvalJob("k", "default", params, str(tmp_path), (), "cell")
+    metrics = execute_eval(job, ModelCache())["metrics"]
+    assert (metrics["n_scored"], metrics["n_dropped"]) == (2, 2)
+    assert metrics["dropped"] == {"ignored_label": 1, "invalid": 1}

@@ -6,13 +6,15 @@ reuse its KV cache for every record and every label: k-shot evaluation then cost
 costs. `prefix_cache=False` is the plain reference computation (each label scored on the full prompt,
 as lm-evaluation-harness does); the tests hold the two equal.
 
-Classification: each label word (with the answer separator) is scored as a continuation of the prompt.
+Classification: each label word, after the prompt's lead (ftgen.prompts: a space, or the whitespace the template
+ended in), is scored as a continuation of the prompt, tokenized as it follows a word (`encode_labels`).
 One forward pass per batch scores all labels: a row is `[left pad][query][label 1][label 2]...` and a
 4D attention mask lets each label see the prefix and the query but not the other labels (a tree of
 continuations), with position ids that restart after the query for every label. Scoring rules:
     sum          sum of the label's token log-probs (default)
     mean         that sum divided by the number of tokens (length-normalised)
-    first-token  the log-prob of the label's first token only (the paper's rule)
+    first-token  the log-prob of the label's first token only (the paper's rule); refused for labels that start
+                 with the same token (every record would get the first of them)
 
 Generation: greedy, batched with left padding after the cached prefix (explicit position ids keep every
 row's positions equal to its unpadded ones), rows sorted by length, finished rows dropped from the batch.
@@ -65,7 +67,7 @@ class Item:
     record: dict
     prompt: Prompt
     query: list[int]  # token ids after the shared context
-    labels: list[list[int]]  # classification: ids of separator + label word, in task.labels order
+    labels: list[list[int]]  # classification: ids of lead + label word, in task.labels order
 
 
 def prompt_hash(text: str) -> str:
