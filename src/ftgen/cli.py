@@ -174,7 +174,11 @@ def eval_cmd(
     limit: Annotated[int | None, typer.Option(help="First N raw records of each test set (the paper: 250).")] = None,
     data_dir: DataDirOpt = None,
     scoring: Annotated[
-        str, typer.Option(help="Label scoring: sum, mean (per token) or first-token (the paper).")
+        str,
+        typer.Option(
+            help="Label scoring: sum, mean (per token) or first-token (the paper; refused for labels that start "
+            "with the same token)."
+        ),
     ] = "sum",
     batch_size: Annotated[
         str,
