@@ -17,7 +17,12 @@ blank line, so the engine cuts the output by its own rule (`evaluate.cut_at_stop
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ftgen.errors import UserError
+
+if TYPE_CHECKING:
+    from ftgen.evaluate import Item
 
 STATUS = "not run on a GPU by this project (contract-tested against a stand-in only)"
 
@@ -48,9 +53,8 @@ def vllm_max_length(llm) -> int:
     return int(llm.llm_engine.model_config.max_model_len)
 
 
-def classify(llm, items: list, context_ids: list[int]) -> list[list[list[float]]]:
-    """Per item (an `ftgen.evaluate.Item`, not imported: the engine imports this module), per label, the
-    log-prob of each label token (read from the prompt log-probs)."""
+def classify(llm, items: list[Item], context_ids: list[int]) -> list[list[list[float]]]:
+    """Per item, per label, the log-prob of each label token (read from the prompt log-probs)."""
     vllm = vllm_module()
     from vllm.inputs import TokensPrompt
 
@@ -68,7 +72,7 @@ def classify(llm, items: list, context_ids: list[int]) -> list[list[list[float]]
     return result
 
 
-def generate(llm, task, items: list, context_ids: list[int]) -> list[str]:
+def generate(llm, task, items: list[Item], context_ids: list[int]) -> list[str]:
     """Greedy continuations to max_new_tokens (or EOS); the engine cuts them by its stop rule."""
     vllm = vllm_module()
     from vllm.inputs import TokensPrompt
