@@ -39,8 +39,12 @@ from helpers import assert_user_error, llama_style_tokenizer, run_cli, run_cli_i
 BUILTIN = [t for t, origin in all_tasks().values() if origin == "built-in"]
 
 
+TEST_SET = {"sentiment": "amazon", "inference": "multinli", "detection": "paws", "question": "socialqa"}
+TEST_SET["summary"] = "xsum"
+
+
 def _records(paper_data, task: TaskDef, n: int = 3) -> list[dict]:
-    return load_test_set(paper_data, task, task.in_domain, limit=n + 2, skip_invalid=True).records[:n]
+    return load_test_set(paper_data, task, TEST_SET[task.name], limit=n + 2, skip_invalid=True).records[:n]
 
 
 @pytest.fixture(scope="module")
