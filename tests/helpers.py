@@ -117,3 +117,29 @@ def tiny_random_model(directory: Path, **changes) -> str:
     """A `random:` model spec for TINY_LLAMA (with `changes`), its config written into `directory`."""
     path = write_json(Path(directory) / "tiny.json", TINY_LLAMA | changes)
     return f"random:{path}"
+
+
+def llama_style_tokenizer(corpus: list[str], vocab_size: int = 3000):
+    """A SentencePiece-style tokenizer built offline the way Llama-2's tokenizer.json is (a "▁" prepended and
+    every space made "▁" by the normalizer, BPE over the whole text, BOS added), its BPE merges trained on
+    `corpus`. Like Llama-2's, it encodes " yes" on its own as ["▁", "▁yes"]: the leading "▁" (Llama's token
+    29871) that a model never produces after a word."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")  # word-level merges
+    alphabet = [*string.printable, "▁"]
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet),
+    )
+    tok.pre_tokenizer = None
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.pad_token = fast.eos_token
+    return fast

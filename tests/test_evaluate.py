@@ -26,15 +26,16 @@ def _max_logprob_diff(a, b, labels) -> float:
     return max(abs(x["logprobs"][lab] - y["logprobs"][lab]) for x, y in zip(a, b, strict=True) for lab in labels)
 
 
-def test_prefix_cache_equals_plain_computation_classification(default_model_fp32, paper_data):
+@pytest.mark.parametrize("fmt", [0, 1])  # format 1 ends in a space, which moves into the labels
+def test_prefix_cache_equals_plain_computation_classification(default_model_fp32, paper_data, fmt):
     model, tok = default_model_fp32
     task, records, shots = _data(paper_data, "inference", "gptnli", 6, 1)
     # The 2-token label last: its second token must see the query and " entail", not the other labels,
     # at the position right after the query.
     task = task.model_copy(update={"labels": ["neutral", "contradiction", "entailment"]})
     assert len(encode_text(tok, " entailment")) == 2
-    cached = evaluate(model, tok, task, records, shots=shots, batch_size=4, prefix_cache=True)
-    plain = evaluate(model, tok, task, records, shots=shots, batch_size=4, prefix_cache=False)
+    cached = evaluate(model, tok, task, records, shots=shots, fmt=fmt, batch_size=4, prefix_cache=True)
+    plain = evaluate(model, tok, task, records, shots=shots, fmt=fmt, batch_size=4, prefix_cache=False)
     assert cached.metrics["context_tokens"] > 0
     assert [p["prediction"] for p in cached.predictions] == [p["prediction"] for p in plain.predictions]
     assert _max_logprob_diff(cached.predictions, plain.predictions, task.labels) < 1e-3

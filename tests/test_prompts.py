@@ -23,13 +23,6 @@ def test_few_shot_prompt_is_built_like_the_papers_code(paper_data):
         assert p.answer == " " + record["output"]
 
 
-def test_separator_is_skipped_after_trailing_space(paper_data):
-    task = load_task("inference")  # format 1 ends with "The relation is "
-    record = load_test_set(paper_data, task, "rte", limit=1).records[0]
-    assert build_prompt(task, record, 1).answer == record["output"]
-    assert build_prompt(task, record, 0).answer == " " + record["output"]
-
-
 def test_shot_selection():
     pool = [{"i": i} for i in range(8)]
     assert select_shots(pool, 3) == pool[:3]

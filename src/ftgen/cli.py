@@ -173,7 +173,11 @@ def eval_cmd(
     limit: Annotated[int | None, typer.Option(help="First N raw records of each test set (the paper: 250).")] = None,
     data_dir: DataDirOpt = None,
     scoring: Annotated[
-        str, typer.Option(help="Label scoring: sum, mean (per token) or first-token (the paper).")
+        str,
+        typer.Option(
+            help="Label scoring: sum, mean (per token) or first-token (the paper; refused for labels that start "
+            "with the same token)."
+        ),
     ] = "sum",
     batch_size: Annotated[
         str,
@@ -219,11 +223,14 @@ def eval_cmd(
         task_dirs=task_dir,
     )
     for r in rows:
+        reasons = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in r["dropped"].items() if v)
+        r["dropped"] = f"{r['n_dropped']} ({reasons})" if reasons else "0"
         if "pred_share" in r:
             r["predicted"] = " / ".join(f"{lab} {v:.0f}%" for lab, v in r["pred_share"].items())
     extra = ["macro_f1", "predicted"] if "pred_share" in rows[0] else ["bleu"]
-    columns = ["test_set", "shots", "fmt", "metric", "score", *extra, "n", "truncated", "seconds", "ex_s", "batch"]
-    print_table(f"{model} on {task}", rows, columns)
+    columns = ["test_set", "shots", "fmt", "score", *extra, "n_scored", "dropped", "truncated", "seconds", "ex_s"]
+    columns += ["batch"]
+    print_table(f"{model} on {task}: {rows[0]['metric']}", rows, columns)  # one task: one metric
     print(f"wrote {Path(out) / 'summary.json'}")
 
 

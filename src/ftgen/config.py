@@ -38,7 +38,11 @@ from pydantic.fields import FieldInfo
 
 from ftgen.errors import UserError, parse_fields
 
-RESULT_RULES = 1  # bumped when a scoring, prompt or decoding rule changes results (see the module docstring)
+# Bumped when a scoring, prompt or decoding rule changes results (see the module docstring). History:
+#   1  the first rules
+#   2  a prompt's trailing whitespace moves into the answer; answers tokenized as they follow a word; Rouge-L
+#      without stemming unless the task sets `rouge_stem` (README "Evaluation rules")
+RESULT_RULES = 2
 
 
 # ---------------------------------------------------------------- result fields and settings

@@ -103,6 +103,14 @@ def _check_options(model_name: str, scoring: str, backend: str, batch_size, max_
     return batch_size
 
 
+def _check_first_tokens(model_name: str, task: TaskDef, fmts: list[int]) -> None:
+    """First-token scoring refused, from the tokenizer alone, for labels that start with the same token."""
+    from ftgen.models import load_tokenizer
+    from ftgen.prompts import check_first_token_scoring
+
+    check_first_token_scoring(load_tokenizer(model_name), task, fmts, model_name)
+
+
 def _load(model_name: str, dtype: str, backend: str):
     from ftgen.models import load_model
     from ftgen.vllm_backend import load_vllm
@@ -153,6 +161,8 @@ def run_eval(
     for ds_name, report in {c.test_set: c.report for c in cells}.items():
         if report.invalid or report.ignored:
             log(f"ftgen: {ds_name}: {report.kept} records kept ({report.invalid} invalid, {report.ignored} unlabelled)")
+    if scoring == "first-token" and task.kind == "classification":
+        _check_first_tokens(model_name, task, list(fmts))
     ensure_writable_dir(out)  # before the model loads: a read-only --out fails at once
     model, tokenizer = _load(model_name, dtype, backend)
 
@@ -170,6 +180,7 @@ def run_eval(
             batch_size=batch_size,
             max_length=max_length,
             backend=backend,
+            data_report=c.report,
             desc=f"{c.test_set} {c.k}-shot fmt {c.fmt}",
         )
         report = {k: v for k, v in vars(c.report).items() if k != "problems"}
@@ -180,7 +191,8 @@ def run_eval(
         write_eval_outputs(result, cell_dir)
         rows.append(_summary_row(model_name, task, c, result.metrics, cell_dir))
         m = result.metrics
-        log(f"ftgen: {c.test_set} {c.k}-shot fmt {c.fmt}: {m['metric']} {m['score']:.2f} ({m['n']} records)")
+        dropped = f", {m['n_dropped']} dropped" if m["n_dropped"] else ""
+        log(f"ftgen: {c.test_set} {c.k}-shot fmt {c.fmt}: {m['metric']} {m['score']:.2f} ({m['n']} scored{dropped})")
     _update_summary(out / "summary.json", rows)
     return rows
 
@@ -195,6 +207,9 @@ def _summary_row(model_name: str, task: TaskDef, c: EvalCell, m: dict, cell_dir:
         "metric": m["metric"],
         "score": round(m["score"], 2),
         "n": m["n"],
+        "n_scored": m["n_scored"],
+        "n_dropped": m["n_dropped"],
+        "dropped": m["dropped"],
         "truncated": m["truncated"],
         "seconds": m["seconds"],
         "ex_s": m["examples_per_s"],

@@ -6,13 +6,15 @@ reuse its KV cache for every record and every label: k-shot evaluation then cost
 costs. `prefix_cache=False` is the plain reference computation (each label scored on the full prompt,
 as lm-evaluation-harness does); the tests hold the two equal.
 
-Classification: each label word (with the answer separator) is scored as a continuation of the prompt.
+Classification: each label word, after the prompt's lead (ftgen.prompts: a space, or the whitespace the template
+ended in), is scored as a continuation of the prompt, tokenized as it follows a word (`encode_labels`).
 One forward pass per batch scores all labels: a row is `[left pad][query][label 1][label 2]...` and a
 4D attention mask lets each label see the prefix and the query but not the other labels (a tree of
 continuations), with position ids that restart after the query for every label. Scoring rules:
     sum          sum of the label's token log-probs (default)
     mean         that sum divided by the number of tokens (length-normalised)
-    first-token  the log-prob of the label's first token only (the paper's rule)
+    first-token  the log-prob of the label's first token only (the paper's rule); refused for labels that start
+                 with the same token (every record would get the first of them)
 
 Generation: greedy, batched with left padding after the cached prefix (explicit position ids keep every
 row's positions equal to its unpadded ones), rows sorted by length, finished rows dropped from the batch.
@@ -44,7 +46,7 @@ from ftgen.errors import UserError
 from ftgen.files import atomic_write_json, atomic_write_jsonl
 from ftgen.memory import check_batch_size, injected_limit, run_in_batches
 from ftgen.progress import bar
-from ftgen.prompts import Prompt, encode_prompt, encode_text, fit_prompt, render_context, separator_after
+from ftgen.prompts import Prompt, encode_labels, encode_prompt, fit_prompt, render_context, template_lead
 from ftgen.tasks import TaskDef
 
 SCORING = ("sum", "mean", "first-token")
@@ -65,7 +67,7 @@ class Item:
     record: dict
     prompt: Prompt
     query: list[int]  # token ids after the shared context
-    labels: list[list[int]]  # classification: ids of separator + label word, in task.labels order
+    labels: list[list[int]]  # classification: ids of lead + label word, in task.labels order
 
 
 def prompt_hash(text: str) -> str:
@@ -90,17 +92,18 @@ def cut_at_stop(text: str) -> str:
 
 def _prepare(task: TaskDef, records: list[dict], context: str, fmt: int, tokenizer, max_length: int):
     """(context ids, items): fit each record's prompt in max_length and tokenize it segment-wise."""
-    label_ids: dict[str, list[int]] = {}
+    labels_after: dict[str, list[list[int]]] = {}  # lead -> label ids (the lead rarely varies within a format)
 
-    def encode_label(text: str) -> list[int]:
-        if text not in label_ids:
-            label_ids[text] = encode_text(tokenizer, text)
-        return label_ids[text]
+    def labels_of(lead: str) -> list[list[int]]:
+        if lead not in labels_after:
+            labels_after[lead] = encode_labels(tokenizer, task, lead)
+            if any(not ids for ids in labels_after[lead]):
+                raise UserError(f"task '{task.name}': a label word encodes to no tokens")
+        return labels_after[lead]
 
     if task.kind == "classification":
-        # Room for the longest label under either separator, so that every label's continuation fits.
-        seps = {task.answer_separator, ""}
-        reserve = max(len(encode_label(s + lab)) for lab in task.labels for s in seps)
+        # Room for the longest label after the format's lead, so that every label's continuation fits.
+        reserve = max(map(len, labels_of(template_lead(task, fmt))))
     else:
         reserve = task.max_new_tokens
     context_ids = None
@@ -110,12 +113,23 @@ def _prepare(task: TaskDef, records: list[dict], context: str, fmt: int, tokeniz
         prompt = fit_prompt(task, {**rec, "output": ""}, fmt, context, tokenizer, max_length, reserve=reserve)
         enc = encode_prompt(tokenizer, prompt)
         context_ids = enc.context if context_ids is None else context_ids
-        sep = separator_after(task, prompt.query)
-        labels = [encode_label(sep + lab) for lab in task.labels] if task.kind == "classification" else []
-        if any(not ids for ids in labels):
-            raise UserError(f"task '{task.name}': a label word encodes to no tokens")
+        labels = labels_of(prompt.lead) if task.kind == "classification" else []
         items.append(Item(rec, prompt, enc.query, labels))
     return context_ids or [], items
+
+
+def _check_first_tokens(task: TaskDef, items: list[Item]) -> None:
+    """First-token scoring needs labels that start with different tokens (else the first label always wins)."""
+    for labels in {tuple(tuple(lab) for lab in it.labels) for it in items}:
+        first_label: dict[int, str] = {}
+        for label, ids in zip(task.labels, labels, strict=True):
+            if ids[0] in first_label:
+                raise UserError(
+                    f"task '{task.name}': labels '{first_label[ids[0]]}' and '{label}' start with the same token "
+                    f"({ids[0]}) under this tokenizer, so first-token scoring cannot tell them apart "
+                    "(use scoring sum or mean)"
+                )
+            first_label[ids[0]] = label
 
 
 def _longest_first(items: list[Item]) -> list[int]:
@@ -416,6 +430,7 @@ def evaluate(
     backend: str = "hf",
     prefix_cache: bool = True,
     memory_limit: int | str | None = None,
+    data_report=None,
     desc: str = "eval",
 ) -> EvalResult:
     """Evaluate a loaded model on `records` of `task` with `shots` as in-context examples.
@@ -426,7 +441,8 @@ def evaluate(
     `memory_limit` (bytes or "200MB"; default: FTGEN_MEMORY_LIMIT) simulates a device that holds no more,
     for tests. `prefix_cache=False` runs the plain reference computation (no shared KV cache, no label
     tree). `backend="vllm"` takes a `vllm.LLM` as `model` (see ftgen.vllm_backend.load_vllm).
-    `desc` labels the progress bar.
+    `data_report`: the test set's `ftgen.data.LoadReport`, whose dropped records (ignored labels, invalid
+    records) the metrics count beside the records scored. `desc` labels the progress bar.
     """
     if scoring not in SCORING:
         raise UserError(f"unknown scoring '{scoring}' (use {', '.join(SCORING)})")
@@ -446,12 +462,15 @@ def evaluate(
         max_length = _model_max_length(model, tokenizer, backend)
     context = render_context(task, shots, fmt)
     context_ids, items = _prepare(task, records, context, fmt, tokenizer, max_length)
+    if scoring == "first-token" and task.kind == "classification":
+        _check_first_tokens(task, items)
     with bar(total=len(items), desc=desc, unit="rec") as pbar:
         run = _run_backend(model, tokenizer, task, items, context_ids, backend, batch_size, prefix_cache, pbar, limit)
     if task.kind == "classification":
         predictions, task_metrics = _classification_outputs(task, items, run["logprobs"], scoring)
     else:
         predictions, task_metrics = _generation_outputs(task, items, run["texts"])
+    task_metrics |= record_counts(len(items), data_report)
     seconds = time.perf_counter() - t0
     work = len(context_ids) + sum(len(it.query) + sum(map(len, it.labels)) for it in items)
     metrics = {
@@ -465,6 +484,7 @@ def evaluate(
         "shots": len(shots),
         "fmt": fmt,
         "scoring": scoring if task.kind == "classification" else None,
+        **({"rouge_stem": task.rouge_stem} if task.kind == "generation" else {}),
         "max_length": max_length,
         "context_tokens": len(context_ids),
         "prompt_tokens": work,  # context once + every query (+ label) token: the prefill work
@@ -543,7 +563,16 @@ def _generation_outputs(task: TaskDef, items: list[Item], texts: list[str]) -> t
         }
         for it, text in zip(items, texts, strict=True)
     ]
-    return predictions, M.generation_metrics(texts, [it.record["output"] for it in items])
+    return predictions, M.generation_metrics(texts, [it.record["output"] for it in items], stem=task.rouge_stem)
+
+
+def record_counts(n_scored: int, data_report=None) -> dict:
+    """The records a cell scored and those its test set dropped, by reason (from a `ftgen.data.LoadReport`)."""
+    dropped = {
+        "ignored_label": getattr(data_report, "ignored", 0),  # e.g. MultiNLI's '-': no gold label to score
+        "invalid": getattr(data_report, "invalid", 0),  # skipped by --skip-invalid / skip_invalid
+    }
+    return {"n_scored": n_scored, "n_dropped": sum(dropped.values()), "dropped": dropped}
 
 
 def write_eval_outputs(result: EvalResult, out_dir: Path) -> None:

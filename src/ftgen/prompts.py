@@ -1,15 +1,21 @@
 """Prompt building: one function serves training (FTICL) and evaluation, so the two never drift.
 
 A prompt is   context + query + answer   where
-    context = k in-context examples, each `template(example) + sep + example.output + shot_separator`
-    query   = template(record)
-    answer  = sep + record.output   (what training learns and classification scores)
-as in the paper's code. `sep` is the task's `answer_separator` (" " for the built-in tasks), left out
-when the template already ends in whitespace.
+    context = k in-context examples, each `template(example) + lead + example.output + shot_separator`
+    query   = template(record), its trailing whitespace removed
+    answer  = lead + record.output   (what training learns and classification scores)
+as in the paper's code. `lead` is the task's `answer_separator` (" " for the built-in tasks); a prompt that ends
+in whitespace ("The relation is ") has it moved into the answer instead (lm-evaluation-harness's rule:
+context.rstrip(), continuation = the stripped whitespace + continuation). A model never sees a prompt ending in
+a bare space token, and the answer is scored as the tokens the model would produce: " entailment", not
+"entailment" after " ".
 
 Tokenization rule: the three parts are tokenized separately and concatenated (`encode_prompt`), the
 shared part first with the tokenizer's special prefix (BOS, where the tokenizer adds one). Training,
-evaluation and the KV cache of the shared context therefore see the very same token ids.
+evaluation and the KV cache of the shared context therefore see the very same token ids. The answer is
+tokenized as it tokenizes after other text (`encode_continuation`): a SentencePiece tokenizer that prepends
+"▁" to a text on its own would otherwise give " yes" a spurious leading "▁" token (Llama's 29871), which
+no model produces after a word.
 
 Truncation rule (documented in the README): when context + query + answer (+ the tokens reserved for
 generation) exceeds the model's maximum length, the query record's `truncate_field` (default: its
@@ -30,9 +36,10 @@ from ftgen.tasks import TaskDef
 @dataclass(frozen=True)
 class Prompt:
     context: str
-    query: str
-    answer: str
+    query: str  # never ends in whitespace: that goes to the answer
+    answer: str  # lead + the gold answer ("" for evaluation: the lead alone)
     truncated: bool = False
+    lead: str = ""  # the text between query and answer (a space, or the template's trailing whitespace)
 
     @property
     def text(self) -> str:
@@ -49,16 +56,25 @@ def fill_template(task: TaskDef, record: dict, fmt: int = 0) -> str:
     return task.templates[fmt].format_map({f: record[f] for f in task.fields})
 
 
-def separator_after(task: TaskDef, prompt: str) -> str:
-    return "" if prompt[-1:].isspace() else task.answer_separator
+def split_lead(task: TaskDef, query: str) -> tuple[str, str]:
+    """(the query without its trailing whitespace, the lead that starts the answer): the whitespace the query
+    ended in, else the task's answer separator."""
+    stripped = query.rstrip()
+    return stripped, query[len(stripped) :] or task.answer_separator
+
+
+def template_lead(task: TaskDef, fmt: int) -> str:
+    """The lead of format `fmt`'s prompts, read off the template (a template that ends in a field also depends
+    on the record's last characters: the engine checks those per record)."""
+    return split_lead(task, fill_template(task, dict.fromkeys(task.fields, "x"), fmt))[1]
 
 
 def render_context(task: TaskDef, shots: list[dict], fmt: int = 0) -> str:
     """The in-context examples, each followed by its answer and the shot separator."""
     parts = []
     for shot in shots:
-        query = fill_template(task, shot, fmt)
-        parts.append(query + separator_after(task, query) + shot["output"] + task.shot_separator)
+        query, lead = split_lead(task, fill_template(task, shot, fmt))
+        parts.append(query + lead + shot["output"] + task.shot_separator)
     return "".join(parts)
 
 
@@ -79,8 +95,8 @@ def build_prompt(
     """The prompt for `record`. Pass `shots`, or an already rendered `context` to share it."""
     if context is None:
         context = render_context(task, shots or [], fmt)
-    query = fill_template(task, record, fmt)
-    return Prompt(context, query, separator_after(task, query) + record["output"])
+    query, lead = split_lead(task, fill_template(task, record, fmt))
+    return Prompt(context, query, lead + record["output"], lead=lead)
 
 
 @dataclass(frozen=True)
@@ -113,9 +129,55 @@ def encode_text(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
+ANCHOR = "a"  # text that an answer is tokenized after; a word, so a leading space stays with the answer's word
+
+
+def encode_continuation(tokenizer, text: str) -> list[int]:
+    """Ids of `text` as it tokenizes after a word: tokenize ANCHOR + text and drop the anchor's ids (as
+    lm-evaluation-harness splits context + continuation). Plain `encode_text` where the two merge."""
+    if not text:
+        return []
+    anchor = encode_text(tokenizer, ANCHOR)
+    whole = encode_text(tokenizer, ANCHOR + text)
+    if len(whole) > len(anchor) and whole[: len(anchor)] == anchor:
+        return whole[len(anchor) :]
+    return encode_text(tokenizer, text)
+
+
+def encode_labels(tokenizer, task: TaskDef, lead: str) -> list[list[int]]:
+    """Ids of lead + each label word, in task.labels order: the continuations classification scores."""
+    return [encode_continuation(tokenizer, lead + label) for label in task.labels]
+
+
+def first_token_clash(tokenizer, task: TaskDef, lead: str) -> tuple[str, str, str] | None:
+    """(label, label, token) of two label words whose continuations start with the same token, or None.
+
+    First-token scoring cannot tell such labels apart: every record would get the first of them."""
+    seen: dict[int, str] = {}
+    for label, ids in zip(task.labels, encode_labels(tokenizer, task, lead), strict=True):
+        if not ids:
+            continue
+        if ids[0] in seen:
+            return seen[ids[0]], label, f"{ids[0]} {tokenizer.convert_ids_to_tokens(ids[0])!r}"
+        seen[ids[0]] = label
+    return None
+
+
+def check_first_token_scoring(tokenizer, task: TaskDef, fmts: list[int], model: str) -> None:
+    """UserError if first-token scoring cannot separate the labels of `task` under `tokenizer`, in any format."""
+    for fmt in fmts:
+        if clash := first_token_clash(tokenizer, task, template_lead(task, fmt)):
+            a, b, token = clash
+            raise UserError(
+                f"task '{task.name}' prompt format {fmt}: labels '{a}' and '{b}' start with the same token "
+                f"({token}) under the tokenizer of '{model}', so first-token scoring cannot tell them apart "
+                "(use scoring sum or mean)"
+            )
+
+
 def encode_prompt(tokenizer, prompt: Prompt, answer_suffix: str = "") -> EncodedPrompt:
     """Token ids of context / query / answer (+ `answer_suffix`, e.g. the EOS text), per the rule above."""
-    answer = encode_text(tokenizer, prompt.answer)
+    answer = encode_continuation(tokenizer, prompt.answer)
     if answer_suffix:
         answer += encode_text(tokenizer, answer_suffix)
     return EncodedPrompt(
@@ -156,7 +218,7 @@ def fit_prompt(
         cut = build_prompt(task, record, fmt, context=context)
         over = n_tokens(cut) - max_tokens
         if over <= 0:
-            return Prompt(cut.context, cut.query, cut.answer, truncated=True)
+            return Prompt(cut.context, cut.query, cut.answer, truncated=True, lead=cut.lead)
         keep -= max(over, 1)
     raise UserError(
         f"record {record.get('id')}: the prompt does not fit in {max_tokens} tokens even with "

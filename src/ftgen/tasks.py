@@ -126,6 +126,9 @@ class TaskDef(BaseModel):
         default_factory=list, max_length=MAX_LABELS, description="gold labels meaning 'no gold label': dropped"
     )
     metric: Literal["accuracy", "rouge_l", "bleu"]
+    rouge_stem: Annotated[bool, Strict()] = Field(
+        False, description="Porter-stem words before Rouge-L (generation); the paper does not (the default)"
+    )
     max_new_tokens: Count = Field(60, gt=0, le=MAX_NEW_TOKENS)
     answer_separator: str = Field(" ", max_length=MAX_WORD_CHARS, description="text between prompt and answer")
     shot_separator: str = Field("\n\n", max_length=MAX_WORD_CHARS, description="text after each in-context example")
@@ -209,6 +212,13 @@ class TaskDef(BaseModel):
         if kind == "generation" and metric == "accuracy":
             raise ValueError("a generation task is scored by rouge_l or bleu")
         return metric
+
+    @field_validator("rouge_stem")
+    @classmethod
+    def _rouge_stem(cls, stem: bool, info: ValidationInfo) -> bool:
+        if stem and info.data.get("kind") == "classification":
+            raise ValueError("only generation tasks compute Rouge-L")
+        return stem
 
     @field_validator("truncate_field")
     @classmethod

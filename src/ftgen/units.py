@@ -237,6 +237,7 @@ def execute_eval(job: EvalJob, models: ModelCache) -> dict:
         scoring=p.scoring or "sum",  # generation scores no labels: any rule gives the same result
         batch_size=p.batch_size,
         max_length=p.max_length,
+        data_report=ds.report,
         desc=job.desc,
     )
     report = {k: v for k, v in vars(ds.report).items() if k != "problems"}

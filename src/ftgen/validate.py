@@ -118,7 +118,8 @@ class _Checker:
         self.check_fticl_pools(train_sets)
         train_tasks = [e.task for e in self.cfg.train]
         tasks = {n: self.known[n] for n in dict.fromkeys(train_tasks + list(wanted))}
-        resolved = Resolved(self.cfg, self.data, tasks, train_sets, test_sets, shots, self.files)
+        deferred = self.check_first_token_scoring([self.known[n] for n in wanted])
+        resolved = Resolved(self.cfg, self.data, tasks, train_sets, test_sets, shots, self.files, deferred)
         if self.data is not None:
             resolved.notes += self.check_eval_pools(resolved)
         return resolved
@@ -131,6 +132,30 @@ class _Checker:
                 check_model_name(model)
             except UserError as e:
                 self.fail(f"models.{i}", str(e))
+
+    def check_first_token_scoring(self, evaluated: list[TaskDef]) -> list[str]:
+        """First-token scoring needs, under each model's tokenizer, labels that start with different tokens in
+        every prompt format (the tokenizer alone is loaded: cheap, and before any model). A model whose tokenizer
+        is not here (a Hub id not downloaded yet) is checked by the engine when its cells run: returns notes."""
+        classified = [t for t in evaluated if t.kind == "classification"]
+        if self.cfg.eval.scoring != "first-token" or not classified:
+            return []
+        from ftgen.models import load_tokenizer
+        from ftgen.prompts import check_first_token_scoring
+
+        notes = []
+        for model in self.cfg.models:
+            try:
+                tokenizer = load_tokenizer(model)
+            except UserError:
+                notes.append(f"the tokenizer of {model} is not here: its first-token ties are checked when it runs")
+                continue
+            for t in classified:
+                try:
+                    check_first_token_scoring(tokenizer, t, list(self.cfg.eval.prompt_formats), model)
+                except UserError as e:
+                    self.fail("eval.scoring", str(e))
+        return notes
 
     def check_train(self) -> list[str]:
         """The train set of each entry (default: its task's first in-domain set), checked against the data."""

@@ -48,18 +48,17 @@ def _load_set(data_dir: Path, spec: str, n: int, shots: int):
 
 def _lm_eval_task(tmp: Path, name: str, task, records: list[dict], shots: list[dict], fmt: int) -> None:
     """A custom lm-eval task: our exact prompt text, our label words with their separator, the gold index."""
-    from ftgen.prompts import build_prompt, render_context, separator_after
+    from ftgen.prompts import build_prompt, render_context
 
     context = render_context(task, shots, fmt)
     rows = []
     for rec in records:
         prompt = build_prompt(task, rec, fmt, context=context)
-        sep = separator_after(task, prompt.query)
         rows.append(
             {
                 "id": rec["id"],
                 "prompt": prompt.text,
-                "choices": [sep + lab for lab in task.labels],
+                "choices": [prompt.lead + lab for lab in task.labels],
                 "gold": task.labels.index(rec["output"]),
             }
         )
