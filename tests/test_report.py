@@ -606,3 +606,20 @@ def test_group_means_are_blank_exactly_when_a_cell_is_missing_and_else_equal_sta
                 )
             )
             assert t.pair_groups[(t.pairs[0], setting, g)] == want
+
+
+def test_a_task_that_stems_is_scored_stemmed_by_the_report_and_the_export():
+    """A user task with `rouge_stem: true`: the per-record scores behind the report's intervals and the export's
+    are Rouge-L with stemming, as its cells were scored; a built-in task's without (the paper's)."""
+    from ftgen import export, metrics
+
+    preds = [{"id": i, "prediction": p, "gold": g} for i, (p, g) in enumerate([("running dogs", "the dog runs")] * 2)]
+    cell = {"metric": "rouge_l"}
+    for stem in (True, False):
+        identity = {"task_def": {"kind": "generation", "rouge_stem": stem}}
+        want = metrics.rouge_l_scores(["running dogs"] * 2, ["the dog runs"] * 2, stem)
+        assert export._record_scores(cell, identity, preds) == want
+        assert list(export._records(cell, identity, preds).values) == pytest.approx(want)
+    assert metrics.rouge_l_scores(["running dogs"], ["the dog runs"], True) != metrics.rouge_l_scores(
+        ["running dogs"], ["the dog runs"], False
+    )  # the case tells the two apart

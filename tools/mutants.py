@@ -163,10 +163,10 @@ MUTATIONS = [
         ["tests/test_prompts.py::test_few_shot_prompt_is_built_like_the_papers_code"],
     ),
     M(
-        "prompt: the answer separator added after a template ending in a space",
+        "prompt: the answer separator added after a template ending in a space (its whitespace not moved)",
         "prompts.py",
-        [('return "" if prompt[-1:].isspace() else task.answer_separator', "return task.answer_separator")],
-        ["tests/test_prompts.py::test_separator_is_skipped_after_trailing_space"],
+        [("return stripped, query[len(stripped) :] or task.answer_separator", "return query, task.answer_separator")],
+        ["tests/test_scoring_rules.py::test_trailing_whitespace_moves_into_the_answer"],
     ),
     M(
         "in-context examples: the pool's last k, not its first k",

@@ -96,11 +96,11 @@ class _Inputs:
 def _record_scores(cell: dict, identity: dict, predictions: list[dict]) -> list[float | None]:
     from ftgen import metrics as M
 
-    kind = (identity.get("task_def") or {}).get("kind")
+    task = identity.get("task_def") or {}
     try:
         golds = [p["gold"] for p in predictions]
         preds = [p.get("generated", p["prediction"]) for p in predictions]
-        return M.per_record_scores(kind, cell["metric"], preds, golds)
+        return M.per_record_scores(task.get("kind"), cell["metric"], preds, golds, bool(task.get("rouge_stem")))
     except (KeyError, ValueError):  # BLEU (a corpus metric) or an unknown kind: no per-record score
         return [None] * len(predictions)
 
@@ -109,11 +109,12 @@ def _records(cell: dict, identity: dict, predictions: list[dict]):
     """The cell's per-record values as `ftgen report` scores them (ftgen.stats); None when not scorable."""
     from ftgen import stats
 
-    kind = (identity.get("task_def") or {}).get("kind")
+    task = identity.get("task_def") or {}
     try:
         ids = [p["id"] for p in predictions]
         preds, golds = [str(p["prediction"]) for p in predictions], [str(p["gold"]) for p in predictions]
-        return stats.cell_records(kind, cell["metric"], ids, preds, golds) if predictions else None
+        stem = bool(task.get("rouge_stem"))
+        return stats.cell_records(task.get("kind"), cell["metric"], ids, preds, golds, stem) if predictions else None
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -28,6 +28,7 @@ class Item(Protocol):
     query: list[int]  # token ids after the shared context
     labels: list[list[int]]  # classification: ids of separator + label word per label
 
+
 STATUS = "not run on a GPU by this project (contract-tested against a stand-in only)"
 
 

@@ -228,7 +228,7 @@ class StudyView:
         preds = [str(p["prediction"]) for p in usable]
         golds = [str(p["gold"]) for p in usable]
         try:
-            c.records = stats.cell_records(task.get("kind"), c.metric, ids, preds, golds)
+            c.records = stats.cell_records(task.get("kind"), c.metric, ids, preds, golds, bool(task.get("rouge_stem")))
         except ValueError as e:
             c.problem = f"predictions not scorable: {e}"
             return
