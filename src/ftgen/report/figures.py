@@ -320,10 +320,10 @@ def tradeoff_curve(t: Table, trade: dict | None, stem: Path) -> Path | None:
             for ci, parent in enumerate(parents):
                 curve = [p for p in pts if p.setting == s and p.parent == parent]
                 name = trade["names"][parent]
-                for g in GROUPS:
+                for gi, g in enumerate(GROUPS):
                     _errorbar(
                         ax,
-                        [p.alpha for p in curve],
+                        [p.alpha + (gi - 1) * 0.008 for p in curve],  # the groups' bars side by side, not on top
                         [p.deltas[g] for p in curve],
                         ls=("-", "--", ":", "-.")[ci % 4],
                         color=colors[g],

@@ -104,6 +104,11 @@ def best(t: Table, pts: list[Point]) -> dict[Setting, dict]:
             for p in pts
             if p.setting == s
         ]
+        # The criterion needs ΔID and Δcross: a curve without both at some α > 0 (a setting without cross-task
+        # cells, cells not done yet) has no best α.
+        dicts = [d for d in dicts if d["id"] is not None and d["cross"] is not None]
+        curves_with = {(d["train_task"], d["method"]) for d in dicts if d["alpha"] > 0}
+        dicts = [d for d in dicts if (d["train_task"], d["method"]) in curves_with]
         if dicts:
             out[s] = best_alphas(dicts)
     return out
@@ -121,6 +126,21 @@ def reading(t: Table, chosen: dict[Setting, dict]) -> str:
     )
 
 
+def terminal_line(t: Table, chosen: dict[Setting, dict]) -> str:
+    """The best α per setting and curve in one short line: `0-shot: question ft α 0.75 (ID +41.1, cross -3.4;
+    α 1: +40.6, -5.1)`."""
+
+    def one(b: dict) -> str:
+        text = f"{b['train_task']} {b['method']} α {b['alpha']:g} (ID {b['id']:+.1f}, cross {b['cross']:+.1f}"
+        full = b["full"]
+        if full and b["alpha"] != 1 and full["id"] is not None and full["cross"] is not None:
+            text += f"; α 1: {full['id']:+.1f}, {full['cross']:+.1f}"
+        return text + ")"
+
+    parts = [f"{t.setting_label(s)}: " + ", ".join(one(b) for b in c["best"]) for s, c in chosen.items()]
+    return "WiSE-FT best α: " + ("; ".join(parts) if parts else "no complete interpolated cells yet")
+
+
 def tradeoff(t: Table) -> dict | None:
     """The trade-off section's numbers: the points, the best α per setting (best_alphas), each curve's name and
     the one-sentence reading; None when the study has no interpolated model."""
@@ -128,4 +148,5 @@ def tradeoff(t: Table) -> dict | None:
         return None
     pts = points(t)
     chosen = best(t, pts)
-    return {"points": pts, "best": chosen, "names": {p: curve_name(t, p) for p in curves(t)}, "reading": reading(t, chosen)}
+    names = {p: curve_name(t, p) for p in curves(t)}
+    return {"points": pts, "best": chosen, "names": names, "reading": reading(t, chosen), "line": terminal_line(t, chosen)}

@@ -522,7 +522,7 @@ def terminal(t: Table, claims: list[Claim], trade: dict | None = None, acts: dic
     counts = t.counts()
     items.append(Text(f"{counts['distrusted']} of {counts['done']} done cells to distrust ({DISTRUST} in the tables)."))
     if trade:
-        items.append(Text("WiSE-FT: " + trade["reading"]))
+        items.append(Text(trade["line"]))
     if acts and acts.get("layers"):
         items.append(Text("Where fine-tuning acts: " + acts["layers"]))
     so_far = "" if t.view.complete else " so far (the study is not finished)"
