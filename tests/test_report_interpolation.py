@@ -136,8 +136,11 @@ def test_tradeoff_points_are_the_tables_group_means_and_the_best_alpha_its_argma
         for parent in I.curves(t):
             curve = [p for p in trade["points"] if p.setting == s and p.parent == parent]
             top = max(curve, key=lambda p: (_criterion(p), -p.alpha))
-            chosen = next(b for b in trade["best"][s]["best"] if b["train_task"] == parent.train_task and
-                          b["method"] == parent.method)
+            chosen = next(
+                b
+                for b in trade["best"][s]["best"]
+                if b["train_task"] == parent.train_task and b["method"] == parent.method
+            )
             assert chosen["alpha"] == top.alpha
             assert f"{parent.method.upper()}: α = {top.alpha:g}" in trade["reading"] or top.alpha == 0
 
@@ -155,7 +158,7 @@ def test_the_report_has_a_wise_ft_section_only_with_interpolations(studies, tmp_
     t = with_["table"]
     half = next(m for m in t.models if m.method == "ft@0.5")
     e = t.group_means[(half, t.settings[0], "ID")]
-    assert f"| 0-shot | sentiment | ft | 0.5" in table and f"+{e.estimate:.1f} ±{e.half_width:.1f}" in table
+    assert "| 0-shot | sentiment | ft | 0.5" in table and f"+{e.estimate:.1f} ±{e.half_width:.1f}" in table
     assert "WiSE-FT best α: 0-shot: sentiment ft α" in _render(with_["terminal"], 200)
     assert "WiSE-FT" not in _render(without["terminal"], 200)
     plain = without["html"].read_text(encoding="utf-8")

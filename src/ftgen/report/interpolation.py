@@ -99,7 +99,10 @@ def best(t: Table, pts: list[Point]) -> dict[Setting, dict]:
                 "train_task": p.parent.train_task,
                 "method": curve_name(t, p.parent),
                 "alpha": p.alpha,
-                **{k: p.deltas[g].estimate if p.deltas[g] else None for k, g in zip(("id", "ood", "cross"), GROUPS)},
+                **{
+                    k: p.deltas[g].estimate if p.deltas[g] else None
+                    for k, g in zip(("id", "ood", "cross"), GROUPS, strict=True)
+                },
             }
             for p in pts
             if p.setting == s
@@ -149,4 +152,10 @@ def tradeoff(t: Table) -> dict | None:
     pts = points(t)
     chosen = best(t, pts)
     names = {p: curve_name(t, p) for p in curves(t)}
-    return {"points": pts, "best": chosen, "names": names, "reading": reading(t, chosen), "line": terminal_line(t, chosen)}
+    return {
+        "points": pts,
+        "best": chosen,
+        "names": names,
+        "reading": reading(t, chosen),
+        "line": terminal_line(t, chosen),
+    }

@@ -168,7 +168,9 @@ class Table:
             runs.sort(key=lambda run: run.row.seed or 0)
             fticl = bool(runs[0].train.get("fticl_shots")) if runs[0].train else coords[4].startswith("fticl")
             seeds = tuple(r.row.seed or 0 for r in runs)
-            models.append(Model(coords[0], tuple(r.key for r in runs), *coords[1:], seeds, fticl, interpolation(runs[0])))
+            models.append(
+                Model(coords[0], tuple(r.key for r in runs), *coords[1:], seeds, fticl, interpolation(runs[0]))
+            )
         self.train_tasks = list(dict.fromkeys(m.train_task for m in models if not m.is_base))
         return models
 
