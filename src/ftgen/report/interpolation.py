@@ -125,7 +125,7 @@ def reading(t: Table, chosen: dict[Setting, dict]) -> str:
     return (
         "Best α (the most in-domain gain for the least cross-task loss, ΔID − max(0, −Δcross)) — "
         + "; ".join(parts)
-        + "."
+        + ". Each change has its 95% interval in the table: α whose changes differ by less are not told apart."
     )
 
 
