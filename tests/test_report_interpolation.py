@@ -217,3 +217,54 @@ def test_a_damaged_or_missing_drift_file_leaves_that_run_out(studies, tmp_path):
     assert [p["run_key"] for p in r["acts"]["profiles"]] == ["rft"]
     assert r["acts"]["layers"].startswith("FT (1 run, 2 layers) changes the weights most in layers")
     assert "no FT / FTICL comparison" in r["acts"]["layers"]
+
+
+def test_attention_shares_the_runs_measured_are_reported_with_the_bases(paper_data, tmp_path):
+    from ftgen.analysis.attention import attention_shares, select_shots
+    from ftgen.data import load_pool, load_test_set
+    from ftgen.tasks import load_task
+
+    out = tmp_path / "study"
+    build(out, interpolations=True)
+    base, tok = tiny_llama(layers=2)
+    task = load_task("sentiment")
+    records = load_test_set(paper_data, task, "amazon").records[:2]
+    shots = select_shots(load_pool(paper_data, task, "amazon").records, 2)
+
+    def shares(model) -> dict:
+        return attention_shares(model, tok, task, records, shots=shots) | {"test_set": "amazon"}
+
+    measured = {"rft": shares(perturbed(base, 1, 0.05)), "rfticl": shares(perturbed(base, 2, 0.01))}
+    base_shares = shares(base)
+    for key, tuned in measured.items():
+        with Store.open_reader(out) as store:
+            folder = store.run_dir(next(r for r in store.rows("runs") if r["key"] == key))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "attention.json").write_text(json.dumps({"base": base_shares, "tuned": tuned}), encoding="utf-8")
+    r = write_report(out, tmp_path / "report")
+    acts = r["acts"]
+    assert acts["profiles"] == [] and acts["layers"] is None  # no drift.json: attention only
+    assert len(acts["attention"]) == 3  # the base once, FT, FTICL
+    mean = {m: measured[k]["mean"]["examples"] for m, k in (("FT", "rft"), ("FTICL", "rfticl"))}
+    expected = f"BASE {base_shares['mean']['examples']:.3f}, FT {mean['FT']:.3f}, FTICL {mean['FTICL']:.3f}"
+    assert acts["attention_reading"].endswith(expected)
+    html = r["html"].read_text(encoding="utf-8")
+    assert "Attention on the in-context examples" in html and "attention.svg" in html
+    assert "Layer drift" not in html
+    assert (tmp_path / "report" / "attention.png").stat().st_size > 0
+
+
+def test_an_unfinished_interpolation_reads_blank_and_names_no_best_alpha(tmp_path):
+    s = SyntheticStudy()
+    ft = s.run("rft", "sentiment", 32, "ft")
+    half = s.interpolated(ft, 0.5)
+    for name, run in (("base", None), ("ft", ft)):
+        _cells(s, run, name)
+    s.cell(half, "sentiment", "amazon", 0, None)  # not run yet
+    s.write(tmp_path / "study")
+    r = write_report(tmp_path / "study", tmp_path / "report", figures=False)
+    trade = r["tradeoff"]
+    assert trade["best"] == {} and trade["reading"] == "No interpolated model has complete cells yet."
+    assert [p.alpha for p in trade["points"]] == [0.0, 0.5, 1.0, 0.0, 0.5, 1.0]
+    assert all(p.deltas["ID"] is None for p in trade["points"] if p.alpha == 0.5)
+    assert "INCOMPLETE" in (tmp_path / "report" / "tradeoff.md").read_text(encoding="utf-8")

@@ -107,10 +107,10 @@ def best(t: Table, pts: list[Point]) -> dict[Setting, dict]:
             for p in pts
             if p.setting == s
         ]
-        # The criterion needs ΔID and Δcross: a curve without both at some α > 0 (a setting without cross-task
-        # cells, cells not done yet) has no best α.
+        # The criterion needs ΔID and Δcross: a curve without both at some interpolated α (a setting without
+        # cross-task cells, interpolated cells not done yet) has no best α.
         dicts = [d for d in dicts if d["id"] is not None and d["cross"] is not None]
-        curves_with = {(d["train_task"], d["method"]) for d in dicts if d["alpha"] > 0}
+        curves_with = {(d["train_task"], d["method"]) for d in dicts if 0 < d["alpha"] < 1}
         dicts = [d for d in dicts if (d["train_task"], d["method"]) in curves_with]
         if dicts:
             out[s] = best_alphas(dicts)
