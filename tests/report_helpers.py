@@ -109,6 +109,21 @@ class SyntheticStudy:
             self.finished_runs[key] = summary | ({"drift": drift} if drift else {})
         return row
 
+    def interpolated(self, of: dict, alpha: float, *, key: str | None = None) -> dict:
+        """A WiSE-FT model of the trained run `of` (method `ft@0.5`, identity unit "interpolate"), done."""
+        method = f"{of['method']}@{alpha:g}"
+        names = ("model", "train_task", "train_set", "size", "lr", "epochs", "seed")
+        row = {
+            "key": key or f"{of['key']}@{alpha:g}",
+            "slot": f"{of['slot']}|{method}",
+            **{c: of[c] for c in names},
+            "method": method,
+            "config": canonical_json({"unit": "interpolate", "of": of["key"], "alpha": alpha, "rules": 1}),
+        }
+        self.runs.append(row)
+        self.finished_runs[row["key"]] = {"alpha": alpha, "kind": "full", "method": of["method"]}
+        return row
+
     def cell(
         self,
         run: dict | None,

@@ -75,8 +75,8 @@ def _kind(t: Table, task: str | None) -> str | None:
 def _runs(t: Table, *, fticl: bool | None = None, kind: str | None = None) -> list[Model]:
     return [
         m
-        for m in t.models
-        if not m.is_base and (fticl is None or m.fticl == fticl) and (kind is None or _kind(t, m.train_task) == kind)
+        for m in t.trained  # interpolated models are neither FT nor FTICL
+        if (fticl is None or m.fticl == fticl) and (kind is None or _kind(t, m.train_task) == kind)
     ]
 
 

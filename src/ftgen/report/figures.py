@@ -99,7 +99,7 @@ def heatmap(t: Table, setting, stem: Path, limit: float) -> Path | None:
 
 def size_curve(t: Table, stem: Path) -> Path | None:
     """Mean change per group vs train size, per train task and method, with 95% error bars."""
-    runs = [m for m in t.models if not m.is_base]
+    runs = t.trained
     if len({m.size for m in runs}) < 2:
         return None
     plt = _plt()
@@ -217,7 +217,7 @@ def _line(m: Model, param: str) -> tuple:
 
 def swept_params(t: Table) -> list[str]:
     """Parameters with at least two values on one line (same train task and method)."""
-    runs = [m for m in t.models if not m.is_base]
+    runs = t.trained
     params = {m: run_params(t, m) for m in runs}
     return [
         p
@@ -232,7 +232,7 @@ def sweep_plot(t: Table, stem: Path) -> tuple[Path | None, list[str]]:
     swept = swept_params(t)
     if not swept:
         return None, []
-    runs = [m for m in t.models if not m.is_base]
+    runs = t.trained
     params = {m: run_params(t, m) for m in runs}
     plt = _plt()
     fig, axes = plt.subplots(
@@ -298,3 +298,61 @@ def loss_curves(t: Table, stem: Path) -> Path | None:
     fig.suptitle("Training loss per run", fontsize=11)
     fig.tight_layout()
     return save(fig, stem)
+
+
+def tradeoff_curve(t: Table, trade: dict | None, stem: Path) -> Path | None:
+    """WiSE-FT: mean change vs base per group against α (0 = base, 1 = the trained row), 95% error bars; one
+    panel per setting and train task, one line style per curve, the best α dotted."""
+    if not trade or not trade["points"]:
+        return None
+    pts = trade["points"]
+    settings = list(dict.fromkeys(p.setting for p in pts))
+    tasks = list(dict.fromkeys(p.parent.train_task for p in pts))
+    plt = _plt()
+    fig, axes = plt.subplots(
+        len(settings), len(tasks), figsize=(max(6.0, 5.0 * len(tasks)), 3.8 * len(settings)), squeeze=False
+    )
+    colors = {"ID": "C0", "OOD": "C2", "cross": "C3"}
+    for si, s in enumerate(settings):
+        for ti, task in enumerate(tasks):
+            ax = axes[si][ti]
+            parents = list(dict.fromkeys(p.parent for p in pts if p.setting == s and p.parent.train_task == task))
+            for ci, parent in enumerate(parents):
+                curve = [p for p in pts if p.setting == s and p.parent == parent]
+                name = trade["names"][parent]
+                for gi, g in enumerate(GROUPS):
+                    _errorbar(
+                        ax,
+                        [p.alpha + (gi - 1) * 0.008 for p in curve],  # the groups' bars side by side, not on top
+                        [p.deltas[g] for p in curve],
+                        ls=("-", "--", ":", "-.")[ci % 4],
+                        color=colors[g],
+                        label=f"{name} {GROUP_NAMES[g]}",
+                    )
+                chosen = trade["best"].get(s, {}).get("best", [])
+                best = next((b["alpha"] for b in chosen if (b["train_task"], b["method"]) == (task, name)), None)
+                if best is not None:
+                    ax.axvline(best, color="black", ls=":", lw=1, label=f"{name} best α = {best:g}")
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_title(f"trained on {task}, evaluated {t.setting_label(s)}", fontsize=10)
+            ax.set_xlabel("α (0 = base, 1 = fine-tuned)")
+            ax.set_ylabel("mean change vs base (points)")
+            ax.legend(fontsize=7)
+    fig.suptitle("Weight interpolation (WiSE-FT): change vs base against α, 95% intervals", fontsize=11)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def layer_figures(acts: dict | None, folder: Path) -> dict[str, Path | None]:
+    """The layer profile (drift and CKA against depth, one line per run) and the attention shares per layer, each
+    as PNG and SVG (ftgen.analysis.layers / .attention draw them); None where not measured."""
+    out: dict[str, Path | None] = {"layers": None, "attention": None}
+    if acts and acts["profiles"]:
+        from ftgen.analysis.layers import plot_layers
+
+        out["layers"] = plot_layers(acts["profiles"], folder / "layers")[-1]
+    if acts and acts["attention"]:
+        from ftgen.analysis.attention import plot_attention
+
+        out["attention"] = plot_attention(acts["attention"], folder / "attention")[-1]
+    return out

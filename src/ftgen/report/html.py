@@ -177,8 +177,42 @@ def base_html(t: Table) -> str:
     return _table(head, rows, left=2)
 
 
-def page(t: Table, claims: list[Claim], prov: dict, figs: dict[str, object], limit: float) -> str:
-    """The whole page; `figs`: name -> SVG path (or None) from ftgen.report.figures."""
+def tradeoff_html(t: Table, trade: dict, figs: dict) -> str:
+    """The WiSE-FT section: its reading, the trade-off figure and table."""
+    note = (
+        "<p class='note'>θ(α) = (1 − α)·θ_base + α·θ_tuned of a trained run; α = 0 is the base model, α = 1 the "
+        "trained run. Per group: mean score of its test sets, and mean change vs the base ± 95% interval (* "
+        "excludes 0). Interpolated models enter no FT / FTICL comparison, headline or claim.</p>"
+    )
+    table = _table(T.TRADEOFF_HEAD, T.tradeoff_rows(t, trade), left=4)
+    return f"<p>{e(trade['reading'])}</p>" + figure(figs.get("tradeoff"), "change vs base against α") + note + table
+
+
+def acts_html(acts: dict, figs: dict) -> str:
+    """Where fine-tuning acts: layer drift and CKA per depth, attention on the in-context examples."""
+    out = []
+    if acts["profiles"]:
+        out += [f"<h3>Layer drift and CKA against depth</h3><p>{e(acts['layers'])}</p>"]
+        out += [figure(figs.get("layers"), "drift and CKA to the base per layer, one line per run")]
+        out += [_table(T.LAYERS_HEAD, T.layers_rows(acts), left=3)]
+    if acts["attention"]:
+        out += [f"<h3>Attention on the in-context examples</h3><p>{e(acts['attention_reading'])}.</p>"]
+        out += [figure(figs.get("attention"), "the answer position's attention shares per layer")]
+        out += [_table(T.ATTENTION_HEAD, T.attention_rows(acts), left=3)]
+    return "".join(out)
+
+
+def page(
+    t: Table,
+    claims: list[Claim],
+    prov: dict,
+    figs: dict[str, object],
+    limit: float,
+    trade: dict | None = None,
+    acts: dict | None = None,
+) -> str:
+    """The whole page; `figs`: name -> SVG path (or None) from ftgen.report.figures; `trade` and `acts` add the
+    weight-interpolation and where-fine-tuning-acts sections when the study has them."""
     sections: list[tuple[str, str, str]] = []  # (anchor, title, body)
     tables = []
     for task in t.train_tasks:
@@ -206,6 +240,10 @@ def page(t: Table, claims: list[Claim], prov: dict, figs: dict[str, object], lim
     sections.append(("size", "Change vs train size", figure(figs.get("size_curve"), "size curve", "One train size.")))
     drift = figure(figs.get("drift_vs_delta"), "drift vs cross-task change") + _md_tables(T.drift_md(t))
     sections.append(("drift", "Drift from the base vs generalization", drift))
+    if trade:
+        sections.append(("interpolation", "Weight interpolation (WiSE-FT)", tradeoff_html(t, trade, figs)))
+    if acts and (acts["profiles"] or acts["attention"]):
+        sections.append(("layers", "Where fine-tuning acts", acts_html(acts, figs)))
     swept = ", ".join(figs.get("swept") or [])
     sweeps = figure(
         figs.get("sweeps"), f"sweeps over {swept}", "No parameter is swept (lr, epochs, size, LoRA rank, model)."

@@ -17,11 +17,15 @@ Rules (each stated again in the report):
   other training option, one trained plainly and one with in-context examples; a group enters the comparison
   only when all its cells are done on both sides;
 - the headline pools, per setting and group, the complete matched comparisons; FT − base and FTICL − base use
-  the same matched runs (every complete run when the study has no matched pair).
+  the same matched runs (every complete run when the study has no matched pair);
+- an interpolated model (WiSE-FT, method `ft@0.5`: θ = (1−α)·θ_base + α·θ_tuned of a trained run) is a row of
+  the tables with its own group means, but never an FT or FTICL run: it enters no FT-vs-FTICL pair, no headline,
+  no claim, no pooled figure (`Table.trained` are the rows that do); its trade-off is ftgen.report.interpolation.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -61,10 +65,15 @@ class Model:
     epochs: float | None = None
     seeds: tuple[int, ...] = ()
     fticl: bool = False
+    alpha: float | None = None  # an interpolated model's α (None: a base model or a trained run)
 
     @property
     def is_base(self) -> bool:
         return not self.run_keys
+
+    @property
+    def interpolated(self) -> bool:
+        return self.alpha is not None
 
 
 @dataclass
@@ -116,6 +125,7 @@ class Table:
         self.view = view
         self._shot_ranks()
         self.models = self._models()
+        self.trained = [m for m in self.models if not m.is_base and not m.interpolated]  # FT and FTICL runs
         self.test_sets = self._test_sets()
         self.cells: dict[tuple[Model, TestSet, Setting], Cell] = {}
         self._fill_cells()
@@ -157,8 +167,9 @@ class Table:
         for coords, runs in groups.items():
             runs.sort(key=lambda run: run.row.seed or 0)
             fticl = bool(runs[0].train.get("fticl_shots")) if runs[0].train else coords[4].startswith("fticl")
+            seeds = tuple(r.row.seed or 0 for r in runs)
             models.append(
-                Model(coords[0], tuple(r.key for r in runs), *coords[1:], tuple(r.row.seed or 0 for r in runs), fticl)
+                Model(coords[0], tuple(r.key for r in runs), *coords[1:], seeds, fticl, interpolation(runs[0]))
             )
         self.train_tasks = list(dict.fromkeys(m.train_task for m in models if not m.is_base))
         return models
@@ -207,9 +218,21 @@ class Table:
             label = "k-shot" if max(s.rank for s in self.settings) == 1 else f"k-shot #{setting.rank}"
         return label + (f", format {setting.fmt}" if len(self.fmts) > 1 else "")
 
+    def parent(self, m: Model) -> Model | None:
+        """The trained row an interpolated row was built from (its runs' `of`; else the same coordinates with the
+        method before `@`); None for other rows."""
+        if not m.interpolated:
+            return None
+        of = self.view.runs[m.run_keys[0]].config.get("of")
+        if of is not None:
+            return next((p for p in self.trained if of in p.run_keys), None)
+        method = m.method.split("@")[0]
+        same = (m.model, m.train_task, m.train_set, m.size, method, m.lr, m.epochs, m.seeds)
+        return next((p for p in self.trained if (*_coords(p), p.seeds) == same), None)
+
     @property
     def swept(self) -> list[str]:
-        runs = [m for m in self.models if not m.is_base]
+        runs = self.trained
         return [f for f in ("lr", "epochs") if len({getattr(m, f) for m in runs}) > 1]
 
     def label(self, m: Model, with_task: bool = True) -> str:
@@ -305,10 +328,10 @@ class Table:
 
     def _pairs(self) -> list[Pair]:
         ft = {}
-        for m in self.models:
-            if not m.is_base and not m.fticl:
+        for m in self.trained:
+            if not m.fticl:
                 ft.setdefault(self.match_key(m), m)
-        return [Pair(ft[k], m) for m in self.models if m.fticl and (k := self.match_key(m)) in ft]
+        return [Pair(ft[k], m) for m in self.trained if m.fticl and (k := self.match_key(m)) in ft]
 
     def pair_label(self, p: Pair | None = None) -> str:
         labels = {(q.fticl.method, q.ft.method) for q in self.pairs}
@@ -344,7 +367,7 @@ class Table:
             if self.pairs:
                 rows = list(dict.fromkeys(p.fticl if fticl else p.ft for p in complete))
             else:
-                rows = [m for m in self.models if not m.is_base and m.fticl == fticl]
+                rows = [m for m in self.trained if m.fticl == fticl]
             rows = [m for m in rows if self.group_means[(m, s, g)] is not None]
             out.append(pooled_headline(name, [self.vs_base(m, t, s) for m in rows for t in self.group_sets(m, s, g)]))
         return out
@@ -367,6 +390,23 @@ class Table:
     def counts(self) -> dict[str, int]:
         done = sum(c.done for c in self.cells.values())
         return {"cells": len(self.cells), "done": done, "distrusted": len(self.distrusted())}
+
+
+def interpolation(run) -> float | None:
+    """α of an interpolated model's run (its stored identity: unit "interpolate"; else a method `ft@0.5`)."""
+    if run.config.get("unit") == "interpolate" and isinstance(run.config.get("alpha"), (int, float)):
+        return float(run.config["alpha"])
+    method = run.row.method or ""
+    if "@" in method:
+        try:
+            return float(method.rsplit("@", 1)[1])
+        except ValueError:
+            return math.nan  # still an interpolated model (kept out of every comparison), α unknown
+    return None
+
+
+def _coords(m: Model) -> tuple:
+    return (m.model, m.train_task, m.train_set, m.size, m.method, m.lr, m.epochs)
 
 
 def max_delta(t: Table) -> float:

@@ -189,8 +189,8 @@ def correlation_text(c: stats.Correlation) -> str:
 def drift_points(t: Table, s: Setting) -> list[tuple[Model, dict, dict]]:
     """(row, its drift, its group means) for rows with a drift measure."""
     out = []
-    for m in t.models:
-        drift = t.drift(m) if not m.is_base else None
+    for m in t.trained:
+        drift = t.drift(m)
         if drift:
             out.append((m, drift, {g: t.group_means[(m, s, g)] for g in GROUPS}))
     return out
@@ -233,6 +233,73 @@ def drift_md(t: Table) -> str:
     )
 
 
+TRADEOFF_HEAD = ["setting", "train task", "method", "α", "in-domain", "Δ in-domain", "out-of-domain"]
+TRADEOFF_HEAD += ["Δ out-of-domain", "cross-task", "Δ cross-task"]
+
+
+def tradeoff_rows(t: Table, trade: dict) -> list[list[str]]:
+    """The WiSE-FT points (ftgen.report.interpolation): per α the groups' mean score and change vs base with
+    its interval; α = 0 is the base, α = 1 the trained row, `(best)` the curve's best α."""
+    best = {
+        (s, b["train_task"], b["method"]): b["alpha"] for s, chosen in trade["best"].items() for b in chosen["best"]
+    }
+    rows = []
+    for p in trade["points"]:
+        method = trade["names"][p.parent]
+        mark = " (best)" if best.get((p.setting, p.parent.train_task, method)) == p.alpha else ""
+        alpha = f"{p.alpha:g}" + (" base" if p.model is None else " trained" if p.alpha == 1 else "") + mark
+        values = [v for g in GROUPS for v in (num(p.scores[g]), _tradeoff_delta(p, g))]
+        rows.append([t.setting_label(p.setting), p.parent.train_task, method, alpha, *values])
+    return rows
+
+
+def _tradeoff_delta(p, g: str) -> str:
+    if p.model is None and p.deltas[g] is not None:
+        return num(0, sign=True)  # the base itself: exactly 0, no interval
+    return est(p.deltas[g])
+
+
+def tradeoff_md(t: Table, trade: dict) -> str:
+    return trade["reading"] + "\n\n" + md_table(TRADEOFF_HEAD, tradeoff_rows(t, trade))
+
+
+LAYERS_HEAD = ["run", "method", "train task", "mean |ΔW|", "most-changed layers", "lowest cross-task CKA (layer)"]
+ATTENTION_HEAD = ["model", "method", "test set, shots", "records", "examples", "examples of non-sink", "query"]
+
+
+def layers_rows(acts: dict) -> list[list[str]]:
+    rows = []
+    for p in acts["profiles"]:
+        top = sorted(p["layers"], key=lambda e: -e["mean_abs_change"])[:3]
+        cross = (p.get("cka") or {}).get("cross_task")
+        low = f"{min(cross):.3f} ({cross.index(min(cross))})" if cross else ""
+        rows.append(
+            [p["label"], (p["method"] or "").upper(), p["train_task"] or "", f"{p['total']['mean_abs_change']:.3g}"]
+            + [", ".join(str(e["layer"]) for e in top), low]
+        )
+    return rows
+
+
+def attention_rows(acts: dict) -> list[list[str]]:
+    """Mean over layers of the answer position's attention shares, per model (base first)."""
+    rows = []
+    for label, r in acts["attention"].items():
+        mean = r["mean"]
+        where = f"{r['task']}/{r['test_set']}, {r['shots']}"
+        rows.append([label, (r["method"] or "base").upper(), where, str(r["records"])])
+        rows[-1] += [f"{mean[k]:.3f}" for k in ("examples", "examples_of_content", "query")]
+    return rows
+
+
+def acts_md(acts: dict) -> str:
+    out = []
+    if acts["profiles"]:
+        out += [acts["layers"], "", md_table(LAYERS_HEAD, layers_rows(acts))]
+    if acts["attention"]:
+        out += [acts["attention_reading"] + ".", "", md_table(ATTENTION_HEAD, attention_rows(acts))]
+    return "\n".join(out)
+
+
 def definitions_md(t: Table) -> str:
     metrics = sorted({c.metric for c in t.view.cells if c.metric})
     lines = [
@@ -248,8 +315,10 @@ def definitions_md(t: Table) -> str:
     return "".join(f"- {line}\n" for line in lines)
 
 
-def markdown(t: Table, claims: list[Claim]) -> str:
-    """main_table.md: headline, tables, FT vs FTICL, cells to distrust, claims, drift, definitions."""
+def markdown(t: Table, claims: list[Claim], trade: dict | None = None, acts: dict | None = None) -> str:
+    """main_table.md: headline, tables, FT vs FTICL, cells to distrust, claims, drift, weight interpolation
+    (`trade`, when the study has interpolated models), where fine-tuning acts (`acts`, when measured),
+    definitions."""
     out = [f"# Study {t.view.name}: results", ""]
     if banner := t.view.banner():
         out += [f"**{banner}**", ""]
@@ -271,7 +340,12 @@ def markdown(t: Table, claims: list[Claim]) -> str:
         md_table(GENERATION_HEAD, rows) if rows else "None.\n",
     ]
     out += ["## The paper's claims", "", md_table(CLAIM_HEAD, claim_rows(claims))]
-    out += ["## Drift from the base vs generalization", "", drift_md(t), "## Definitions", "", definitions_md(t)]
+    out += ["## Drift from the base vs generalization", "", drift_md(t)]
+    if trade:
+        out += ["## Weight interpolation (WiSE-FT)", "", tradeoff_md(t, trade)]
+    if acts:
+        out += ["## Where fine-tuning acts", "", acts_md(acts)]
+    out += ["## Definitions", "", definitions_md(t)]
     return "\n".join(out)
 
 
@@ -418,7 +492,7 @@ def _terminal_headline(t: Table) -> list:
     return lines
 
 
-def terminal(t: Table, claims: list[Claim]):
+def terminal(t: Table, claims: list[Claim], trade: dict | None = None, acts: dict | None = None):
     """The compact summary `ftgen report` prints: banner, headline, group means per row and setting, flags count,
     claims (the tables and figures are in report.html). Fits the console's width."""
     from rich import box
@@ -447,6 +521,10 @@ def terminal(t: Table, claims: list[Claim]):
     items.append(rt)
     counts = t.counts()
     items.append(Text(f"{counts['distrusted']} of {counts['done']} done cells to distrust ({DISTRUST} in the tables)."))
+    if trade:
+        items.append(Text(trade["line"]))
+    if acts and acts.get("layers"):
+        items.append(Text("Where fine-tuning acts: " + acts["layers"]))
     so_far = "" if t.view.complete else " so far (the study is not finished)"
     ct = RichTable(
         title=f"The paper's claims{so_far}: rules and evidence in report.html", title_justify="left", box=box.SIMPLE

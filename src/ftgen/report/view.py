@@ -206,6 +206,8 @@ class StudyView:
         run = self.runs.get(run_key)
         if run is None:
             return {}
+        if run.config.get("unit") == "interpolate" and run.config.get("of") in self.runs:
+            return self.run_task_def(run.config["of"])  # an interpolated model: the definition its run trained under
         stored = run.config.get("task_def")
         return stored if isinstance(stored, dict) else self.task_def(run.row.train_task)
 
