@@ -7,8 +7,10 @@ costs out of domain and across tasks, read from the study's results store.
     result["best"]       per setting: interpolate.best_alphas (the α that keeps the most in-domain gain for the
                          least cross-task loss) and its one-sentence reading
 
-Groups (the paper's): in-domain = the train task's test set named like its train set; out-of-domain = the train
-task's other test sets; cross-task = every other task's test sets. A delta is a cell's score minus the base
+Groups (the paper's Table 1, as `ftgen report` draws them): in-domain = the train task's `in_domain` test sets
+(from the task definition stored with the trained run; the set named like the train set in a store without
+one); out-of-domain = the train task's other test sets; cross-task = every other task's test sets.
+A delta is a cell's score minus the base
 model's at the same test set, shots and format; a group's value is the mean over its test sets, counted only
 where both cells are done. α = 1 is the trained run itself (or its α = 1 interpolation, equal to it), α = 0 the
 base model (deltas 0) unless an α = 0 interpolation was evaluated. A shots setting is the rank of the shot count
@@ -27,10 +29,17 @@ from ftgen.store import Store
 GROUP_KEYS = ("id", "ood", "cross")
 
 
-def _group(train_task: str, train_set: str, test_task: str, test_set: str) -> str:
+def _group(train_task: str, in_domain: list[str], test_task: str, test_set: str) -> str:
     if test_task != train_task:
         return "cross"
-    return "id" if test_set == train_set else "ood"
+    return "id" if test_set in in_domain else "ood"
+
+
+def _in_domain(trained: dict) -> list[str]:
+    """The trained run's in-domain test sets, from the task definition it was trained under (an older store
+    holds one name, a store without a definition none)."""
+    value = (_identity(trained).get("task_def") or {}).get("in_domain")
+    return [value] if isinstance(value, str) else list(value or [trained["train_set"]])
 
 
 def _identity(row: dict) -> dict:
@@ -72,11 +81,12 @@ def setting_label(rank: int, fmt: int, fmts: int = 1) -> str:
 def _group_means(cells: list[dict], base: dict[tuple, float], trained: dict) -> dict[tuple, dict]:
     """(shots rank, fmt) -> {group: mean score, group_delta: mean delta} of one model's cells."""
     raw: dict[tuple, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    in_domain = _in_domain(trained)
     for c in cells:
         b = base.get((c["model"], c["test_task"], c["test_set"], c["shots"], c["fmt"]))
         if b is None or c["score"] is None:
             continue
-        g = _group(trained["train_task"], trained["train_set"], c["test_task"], c["test_set"])
+        g = _group(trained["train_task"], in_domain, c["test_task"], c["test_set"])
         raw[(c["rank"], c["fmt"])][g].append((c["score"], c["score"] - b))
     return {
         setting: {g: mean(s for s, _ in v) for g, v in groups.items()}
