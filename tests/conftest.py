@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ftgen import progress
+# pytest-xdist's workers inherit COLUMNS=80 from their controller; ftgen prints tables piped at its own width
+# (cli_common.PIPED_WIDTH) unless COLUMNS says otherwise, and the tests read those tables as a user's pipe would.
+os.environ.pop("COLUMNS", None)
+
+from ftgen import progress  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_DATA = Path(os.environ.get("FTGEN_PAPER_DATA", REPO.parent / "shared" / "paper-data"))

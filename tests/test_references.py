@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from test_train import make_tiny_model
 
 from ftgen.data import load_pool, load_test_set
+from ftgen.errors import UserError
 from ftgen.evaluate import evaluate, write_eval_outputs
 from ftgen.models import load_model, load_tokenizer
 from ftgen.tasks import load_task
@@ -150,7 +151,7 @@ def _case(paper_data: Path, setup: str):
         records = _shortest(load_test_set(paper_data, task, "gptnli", limit=20).records, 3)
         k = int(setup[-1])
         return task, records, load_pool(paper_data, task, "gptnli").records[:k]
-    # 2 labels sharing their first token (" thumbs"): first-token ties, sum and mean tell them apart
+    # 2 labels sharing their first token (" thumbs"): first-token refuses them, sum and mean tell them apart
     task = load_task("sentiment").model_copy(update={"labels": ["thumbs up", "thumbs down"]})
     words = {"positive": "thumbs up", "negative": "thumbs down"}
     sentiment = load_task("sentiment")
@@ -179,6 +180,10 @@ def test_every_scoring_rule_equals_a_plain_forward_pass(models, paper_data, name
     if name == "default":  # the real model's plain path once (each rule is applied by the same code)
         combos = [c for c in combos if c[0] or c[1] == "first-token"]
     for prefix_cache, rule in combos:
+        if rule == "first-token" and setup.startswith("thumbs"):  # a first-token tie: refused, not scored
+            with pytest.raises(UserError, match="start with the same token"):
+                evaluate(model, tok, task, records, shots=shots, scoring=rule, prefix_cache=prefix_cache)
+            continue
         result = evaluate(model, tok, task, records, shots=shots, scoring=rule, batch_size=2, prefix_cache=prefix_cache)
         for pred, (ref, text) in zip(result.predictions, reference, strict=True):
             assert pred["prompt_hash"] == hashlib.sha256(text.encode()).hexdigest()[:16]  # the prompt built as above
@@ -289,15 +294,26 @@ def test_the_rules_pick_different_labels_where_they_should(tokenizer, paper_data
             assert result.predictions[0]["scores"] == pytest.approx(expected[rule], abs=1e-3)
 
 
-@pytest.mark.parametrize("order", [["thumbs up", "thumbs down"], ["thumbs down", "thumbs up"]])
+@pytest.mark.parametrize("order", [["positive", "negative"], ["negative", "positive"]])
 def test_a_tie_goes_to_the_first_label_in_task_order(tokenizer, order):
-    """' thumbs up' and ' thumbs down' share their first token: under first-token they tie exactly."""
+    """A stand-in model with no preference (every token equally likely): under first-token the labels tie
+    exactly and the first label in the task's order wins."""
+    task = load_task("sentiment").model_copy(update={"labels": order})
+    records = [{"id": "0", "input": "Loved it.", "output": "positive"}]
+    first = _assign(tokenizer, task, records, {}, scoring="first-token", prefix_cache=True).predictions[0]
+    assert first["scores"]["positive"] == first["scores"]["negative"] and first["prediction"] == order[0]
+
+
+@pytest.mark.parametrize("order", [["thumbs up", "thumbs down"], ["thumbs down", "thumbs up"]])
+def test_labels_sharing_a_first_token_are_refused_by_first_token_and_told_apart_by_sum_and_mean(tokenizer, order):
+    """' thumbs up' and ' thumbs down' share their first token: first-token scoring would tie them on every
+    record, so it is refused in one line; sum and mean tell them apart."""
     task = load_task("sentiment").model_copy(update={"labels": order})
     ids = _label_ids(tokenizer, order)
-    bias = {ids["thumbs up"][1]: 5.0}  # sum and mean prefer "up"; first-token cannot tell them apart
+    bias = {ids["thumbs up"][1]: 5.0}  # sum and mean prefer "up"
     records = [{"id": "0", "input": "Loved it.", "output": "thumbs up"}]
-    first = _assign(tokenizer, task, records, bias, scoring="first-token", prefix_cache=True).predictions[0]
-    assert first["scores"]["thumbs up"] == first["scores"]["thumbs down"] and first["prediction"] == order[0]
+    with pytest.raises(UserError, match="start with the same token"):
+        _assign(tokenizer, task, records, bias, scoring="first-token", prefix_cache=True)
     for rule in ("sum", "mean"):
         assert (
             _assign(tokenizer, task, records, bias, scoring=rule, prefix_cache=True).predictions[0]["prediction"]

@@ -23,6 +23,7 @@ from ftgen.errors import UserError
 from ftgen.executors import LocalExecutor
 from ftgen.plan import build_plan, check_changes
 from ftgen.store import Store, manifest
+from ftgen.study_files import run_dir
 from ftgen.validate import validate_study
 from helpers import assert_user_error, run_cli
 
@@ -221,13 +222,15 @@ def _results(out: Path) -> dict[str, dict]:
     ).fetchall()
     assert len({r[0] for r in rows}) == len(rows), "a slot appears twice"
     assert all(r[2] == "done" and r[3] is not None for r in rows), [r[:3] for r in rows if r[2] != "done"]
-    runs = conn.execute("SELECT slot, key, status, manifest FROM runs").fetchall()
+    conn.row_factory = sqlite3.Row
+    runs = [dict(r) for r in conn.execute("SELECT * FROM runs")]
     conn.close()
-    assert [r[2] for r in runs] == ["done"] * N_RUNS
+    assert [r["status"] for r in runs] == ["done"] * N_RUNS
     models = {}
-    for slot, key, _, stored in runs:
-        models[slot] = json.loads(stored)
-        assert manifest(out / "runs" / key / "model") == models[slot], f"the files of {slot} changed after it finished"
+    for run in runs:
+        slot = run["slot"]
+        models[slot] = json.loads(run["manifest"])
+        assert manifest(run_dir(out, run) / "model") == models[slot], f"the files of {slot} changed after it finished"
         assert any(name.endswith(".safetensors") for name in models[slot])
     cells = {
         r[0]: (r[1], [(p["id"], p["prediction"], p["scores"], p["logprobs"]) for p in json.loads(r[3])]) for r in rows

@@ -303,7 +303,7 @@ def test_lora_adapter_reloads_with_peft(paper_data, default_model_dir, tmp_path)
     out = tmp_path / "lora"
     s = train(cfg, out)
     adapter = json.loads((out / "model" / "adapter_config.json").read_text())
-    assert adapter["base_model_name_or_path"] == str(default_model_dir)
+    assert Path(adapter["base_model_name_or_path"]).resolve() == default_model_dir.resolve()
     assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"] and adapter["r"] == 4
     assert s["trainable_params"] < s["params"] / 100
     assert s["loss_after"] < s["loss_before"]
