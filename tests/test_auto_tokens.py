@@ -121,4 +121,3 @@ def test_a_run_that_cannot_fit_is_refused_when_it_trains_but_still_planned(tiny_
     with pytest.raises(UserError, match="training does not fit"):
         resolve_micro_batch_tokens(cfg)
     assert resolve_micro_batch_tokens(cfg, strict=False).micro_batch_tokens == cfg.max_length
-

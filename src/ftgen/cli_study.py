@@ -64,7 +64,7 @@ def study_cmd(
     if data_dir is not None and from_env(ctx, "data_dir") and load_study(config).data_dir is not None:
         data_dir = None  # the study names its data: FTGEN_DATA_DIR is only the fallback
     tasks = csv_values(only)
-    plan = load_plan(config, data_dir, limit=limit, executor=executor, allow_random=dry_run and calibrate)
+    plan = load_plan(config, data_dir, limit=limit, executor=executor, allow_random=dry_run)
     out = out or Path("runs") / plan.cfg.name
     check_out_dir(out, plan.resolved.data_dir)
     if tasks:

@@ -280,7 +280,9 @@ class EvalSpec(_Frozen):
     )
     skip_invalid: bool = True
     scoring: Scoring = "sum"
-    batch_size: BatchSize = 16
+    batch_size: BatchSize = Field(
+        "auto", description="records per forward pass; auto: the largest that fits on a GPU, 16 on a CPU (ftgen.memory)"
+    )
     generation_batch_size: BatchSize | None = Field(
         None, description="default: batch_size; decoding runs one step per batch and token, so bigger pays more"
     )

@@ -308,7 +308,7 @@ def load_plan(
     allow_random: bool = False,
 ) -> Plan:
     """Read, override (--limit, --executor), validate and expand a study config. `allow_random`: accept
-    `random:CONFIG` models (a dry run that calibrates: no result is stored)."""
+    `random:CONFIG` models (a dry run: no result is stored)."""
     cfg = load_study(config_path)
     overrides: dict = {}
     if limit is not None:

@@ -79,7 +79,7 @@ def validate_study(
     cfg: StudyConfig, data_dir: str | Path | None, source: str = "study config", *, allow_random: bool = False
 ) -> Resolved:
     """Every check that needs the task definitions or the data; UserError naming the field. `allow_random`:
-    `random:CONFIG` models pass (`--dry-run --calibrate`, which stores no result); else they are refused."""
+    `random:CONFIG` models pass (a dry run, which stores no result); else they are refused."""
     checker = _Checker(cfg, data_dir, source)
     checker.allow_random = allow_random
     return checker.run()
@@ -145,8 +145,8 @@ class _Checker:
         if not self.allow_random:
             self.fail(
                 path,
-                f"'{model}': random weights are for benchmarks and calibration only (ftgen study --dry-run "
-                "--calibrate, ftgen bench), never for stored results",
+                f"'{model}': random weights are for estimates and benchmarks only (ftgen study --dry-run "
+                "[--calibrate], ftgen bench), never for stored results",
             )
         source = Path(model.removeprefix("random:")).expanduser()
         if not (source / "config.json" if source.is_dir() else source).is_file() or not (
