@@ -47,14 +47,12 @@ def auto_micro_batch_tokens(cfg: TrainConfig, *, strict: bool = True) -> int:
     import torch
 
     from ftgen.memory import injected_limit, lora_params, token_budget
-    from ftgen.models import choose_dtype
+    from ftgen.models import choose_dtype, load_model_config
 
     if limit is None and not torch.cuda.is_available():
         return CPU_MICRO_BATCH_TOKENS
-    from ftgen.bench.train import model_config
-
     total = injected_limit() or torch.cuda.get_device_properties(0).total_memory
-    config = model_config(cfg.model)
+    config = load_model_config(cfg.model)
     try:
         budget = token_budget(
             total, config, choose_dtype(cfg.dtype, "cuda"), max_length=cfg.max_length,

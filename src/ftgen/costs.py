@@ -1,11 +1,12 @@
-"""How long a study will take on this machine's CPU: a cost model from character counts, calibrated by the
-studies measured here before (`ftgen study --dry-run` prints it).
+"""How long a study will take on this machine: a cost model from character counts, calibrated by the studies
+measured here before or by rates measured on this device (`ftgen study --dry-run [--calibrate]` prints it).
 
 Throughput of the default model (SmolLM2-135M, fp32, 1 thread per unit) measured by configs/quick.yaml on the
-2-core development CPU while other work shared it (load ~4); other models are scaled by parameter count;
-GPUs are not modelled. After a study, the ratio of measured to estimated seconds per kind of unit, over the
-units it finished, is saved (`calibration_path()`) and used from then on; a study that finished nothing
-leaves the file as it was.
+2-core development CPU while other work shared it (load ~4); other models are scaled by parameter count.
+`--dry-run --calibrate` replaces these constants by `UnitRates` measured on the user's device with the study's
+own model (ftgen.study_rates): that is how a GPU is estimated. After a study, the ratio of measured to
+estimated seconds per kind of unit, over the units it finished, is saved (`calibration_path()`) and used from
+then on for the constants (not for measured rates); a study that finished nothing leaves the file as it was.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class UnitRates:
     decode_steps_s: float = CPU_DECODE_STEPS_S
     load_s: float = CPU_MODEL_LOAD_S
     train_extra_s: float = 0.0  # a training run's seconds besides training, loading, saving: the drift analysis
+    auto_batch: int = 16  # the decoding batch that batch_size "auto" reaches (16 on a CPU; measured on a GPU)
     source: str = "constants"
 
 
@@ -110,7 +112,7 @@ class CostModel:
         # a base model often runs to max_new_tokens; a fine-tuned one stops after about its gold length
         most = params.max_new_tokens or task.max_new_tokens
         new = most if spec.run is None else min(most, 2 * a / CHARS_PER_TOKEN + 4)
-        batch = params.batch_size if isinstance(params.batch_size, int) else 16  # "auto" is 16 on a CPU
+        batch = params.batch_size if isinstance(params.batch_size, int) else self.rates_of(spec.model)[0].auto_batch
         return "generate", {"prefill_tokens": n * p / CHARS_PER_TOKEN + prefix, "decode_steps": -(-n // batch) * new}
 
     def unit(self, spec: RunSpec | CellSpec) -> tuple[str, float]:

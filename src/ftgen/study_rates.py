@@ -196,6 +196,11 @@ def _measure_eval(mr: ModelRates, plan: Plan, costs: CostModel, log: Callable[[s
         prefill_s = costs.work(mini)[1]["prefill_tokens"] / prefill_rate
         decode_s = max(seconds - prefill_s, 0.1 * seconds)  # a prefill guess above the whole time: decoding still costs
         rates["decode_steps_s"] = m["decode_steps"] / decode_s
+        if cell.params.batch_size == "auto":  # what auto reaches on this device: all the rows fit, or less
+            from ftgen.memory import AUTO_MAX_BATCH, CPU_AUTO_BATCH
+
+            fits_all = AUTO_MAX_BATCH if next(model.parameters()).device.type == "cuda" else CPU_AUTO_BATCH
+            rates["auto_batch"] = m["batch_size"] if m["batch_size"] < m["n"] else fits_all
         mr.peak_bytes["generate"] = peak
         mr.measured["generate"] = {
             "cell": mini.describe(), "records": m["n"], "decode_steps": m["decode_steps"], "seconds": round(seconds, 3)

@@ -350,13 +350,9 @@ def _report(results: dict, cfg, examples, peak: float, device, baselines, out: P
 
 def model_config(name: str):
     """The Hugging Face config of a model name (random: specs included), without loading weights."""
-    from transformers import AutoConfig
+    from ftgen.models import load_model_config
 
-    from ftgen.models import is_random_model, random_model, resolve_model
-
-    if is_random_model(name):
-        return random_model(name, meta=True)[0].config
-    return AutoConfig.from_pretrained(resolve_model(name))
+    return load_model_config(name)
 
 
 def _ftgen_micro_batches(cfg, lengths: list[int]) -> list[list[int]]:
