@@ -44,7 +44,7 @@ def study_cmd(
         switch(
             "--calibrate",
             "With --dry-run: time a few batches of each kind of unit with the study's model on this device "
-            "(a minute or two on a CPU), and estimate from those rates (cached for later dry runs).",
+            "(minutes on a CPU), and estimate from those rates (cached for later dry runs).",
         ),
     ] = False,
     limit: Annotated[int | None, typer.Option(min=1, help="Records per test set (overrides eval.limit).")] = None,
