@@ -39,6 +39,14 @@ def study_cmd(
         ),
     ] = None,
     dry_run: Annotated[bool, switch("--dry-run", "Print the grid, a time and a disk estimate; run nothing.")] = False,
+    calibrate: Annotated[
+        bool,
+        switch(
+            "--calibrate",
+            "With --dry-run: time a few batches of each kind of unit with the study's model on this device "
+            "(minutes on a CPU), and estimate from those rates (cached for later dry runs).",
+        ),
+    ] = False,
     limit: Annotated[int | None, typer.Option(min=1, help="Records per test set (overrides eval.limit).")] = None,
     executor: Annotated[str | None, typer.Option(help="local or ray (overrides executor:).")] = None,
     rerun_changed: Annotated[
@@ -51,16 +59,18 @@ def study_cmd(
 
     if executor not in (None, "local", "ray"):
         raise UserError(f"--executor: unknown executor '{executor}' (use local or ray)")
+    if calibrate and not dry_run:
+        raise UserError("--calibrate: only with --dry-run (it measures this machine for the estimate)")
     if data_dir is not None and from_env(ctx, "data_dir") and load_study(config).data_dir is not None:
         data_dir = None  # the study names its data: FTGEN_DATA_DIR is only the fallback
     tasks = csv_values(only)
-    plan = load_plan(config, data_dir, limit=limit, executor=executor)
+    plan = load_plan(config, data_dir, limit=limit, executor=executor, allow_random=dry_run)
     out = out or Path("runs") / plan.cfg.name
     check_out_dir(out, plan.resolved.data_dir)
     if tasks:
         check_only(plan, tasks)
     if dry_run:
-        print_dry_run(plan, out, tasks)
+        print_dry_run(plan, out, tasks, calibrate=calibrate)
         return
     from ftgen.study import run_study
 
@@ -88,11 +98,13 @@ def study_cmd(
         raise typer.Exit(1)
 
 
-def print_dry_run(plan, out: Path, only: list[str] | None = None) -> None:
-    """The grid, the counts, the time estimate and the disk estimate (stdout)."""
+def print_dry_run(plan, out: Path, only: list[str] | None = None, *, calibrate: bool = False) -> None:
+    """The grid, the counts, the time estimate and the disk estimate (stdout). `calibrate`: the rates measured
+    on this device first (ftgen.study_rates); else cached ones if any, else the cost model's constants."""
     from ftgen.costs import disk_estimate, estimate
     from ftgen.plan import select_units
     from ftgen.store import Store
+    from ftgen.study_rates import cached_rates, calibrate_plan, unit_rates
 
     done: set[str] = set()
     trained: set[str] = set()
@@ -131,7 +143,11 @@ def print_dry_run(plan, out: Path, only: list[str] | None = None) -> None:
     print_table("Evaluation cells", rows, ["test set", "shots", "formats", "models", "cells"])
     for note in plan.notes:
         console.print(f"note: {note}", highlight=False)
-    _print_estimate(plan, done, out, estimate(plan, done))
+    measured = calibrate_plan(plan, log=progress.log) if calibrate else cached_rates(plan)
+    est = estimate(plan, done, unit_rates(measured))
+    _print_estimate(plan, done, out, est)
+    if measured:
+        _print_measured(est, measured, fresh=calibrate)
     _print_disk(disk_estimate(plan))
 
 
@@ -147,11 +163,45 @@ def _print_estimate(plan, done: set[str], out: Path, est: dict) -> None:
     )
     at_once = f", {est['at_once']} units at once" if est["at_once"] > 1 else ""
     fmt = progress.fmt_seconds
+    if est["measured"]:
+        how = f"rates measured on this machine for {', '.join(est['measured'])}"
+        if est["calibrated"] or len(est["measured"]) < len(plan.cfg.models):
+            how += "; other models: the CPU constants, scaled by parameter count"
+        print(
+            f"estimate: ~{fmt(est['total_s'])} (compute: training ~{fmt(est['train_s'])}, evaluation "
+            f"~{fmt(est['eval_s'])}{at_once}); a cost model from character counts, {how}"
+        )
+        return
     print(
         f"estimate: ~{fmt(est['total_s'])} on this machine's CPU (compute: training ~{fmt(est['train_s'])}, "
         f"evaluation ~{fmt(est['eval_s'])}{at_once}); a cost model from character counts, {how}, scaled by "
-        "parameter count (GPUs not modelled)"
+        "parameter count (GPUs not modelled; --calibrate measures this machine)"
     )
+
+
+def _print_measured(est: dict, measured: dict, fresh: bool) -> None:
+    """Per unit kind: units, compute time and peak memory; then each model's rates and where they come from."""
+    from ftgen.costs import fmt_bytes
+
+    fmt = progress.fmt_seconds
+    names = {"train": "training runs", "classify": "classification cells", "generate": "generation cells"}
+    for kind, name in names.items():
+        if est["units"][kind]:
+            peaks = [m.peak_bytes[kind] for m in measured.values() if kind in m.peak_bytes]
+            peak = f", peak memory ~{fmt_bytes(max(peaks))} a unit" if peaks else ", peak memory not measured"
+            print(f"  {name}: {est['units'][kind]}, compute ~{fmt(est['by_kind'][kind])}{peak}")
+    if est["load_s"]:
+        print(f"  loading models for evaluation: ~{fmt(est['load_s'])}")
+    for m in measured.values():
+        r = m.rates
+        when = "just now" if fresh else time.strftime("%Y-%m-%d %H:%M", time.localtime(m.when)) + " (cached)"
+        print(
+            f"  {m.model} on {m.device}, {m.dtypes}, measured {when}: training {r.train_tokens_s:.4g} tokens/s, "
+            f"prefill {r.prefill_tokens_s:.4g} tokens/s, decoding {r.decode_steps_s:.4g} batch steps/s, "
+            f"load {r.load_s:.1f}s (tokens as the cost model counts them: characters / 3.6)"
+        )
+        for note in m.notes:
+            print(f"  note: {note}")
 
 
 def _print_disk(d: dict) -> None:

@@ -105,6 +105,11 @@ def _train_command(
     if from_env(ctx, "data_dir") and "data_dir" in flags:
         flags["data_dir"] = DATA_DIR_ENV  # an error names where the value came from
     cfg = parse_train_config(values, str(config) if config else "train options", rename=flags)
+    if cfg.model.startswith("random:"):  # ftgen.models.RANDOM_PREFIX; benchmarks call ftgen.train.train directly
+        raise UserError(
+            f"--model {cfg.model}: random weights are for benchmarks and calibration only (ftgen bench), "
+            "never for a stored training run"
+        )
     try:
         s = train(cfg, out, resume=resume)
     except FieldError as e:  # the library names the field; the user typed a flag

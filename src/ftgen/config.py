@@ -123,8 +123,10 @@ class TrainConfig(BaseModel):
     max_grad_norm: PositiveFinite | None = Field(1.0, description="gradient clipping norm (None: off)")
     batch_size: int = Field(16, ge=1, le=2**20, description="effective batch: examples per optimizer step")
     micro_batch_size: int = Field(16, ge=1, le=2**20, description="most examples per forward pass (per process)")
-    micro_batch_tokens: int | None = Field(
-        4096, ge=1, le=2**30, description="most padded tokens per forward pass (None: micro_batch_size decides)"
+    micro_batch_tokens: Annotated[int, Field(ge=1, le=2**30)] | Literal["auto"] | None = Field(
+        "auto",
+        description="most padded tokens per forward pass; auto: from the GPU's memory, 4096 on a CPU, resolved "
+        "before the run's key (ftgen.auto_tokens); None: micro_batch_size decides",
     )
     max_length: MaxLength = Field(1024, description="longest training sequence in tokens; longer inputs are cut")
     prompt_format: PromptFormat = Field(0, description="prompt format (template index)")
@@ -313,7 +315,9 @@ class EvalSpec(_Frozen):
     )
     skip_invalid: bool = True
     scoring: Scoring = "sum"
-    batch_size: BatchSize = 16
+    batch_size: BatchSize = Field(
+        "auto", description="records per forward pass; auto: the largest that fits on a GPU, 16 on a CPU (ftgen.memory)"
+    )
     generation_batch_size: BatchSize | None = Field(
         None, description="default: batch_size; decoding runs one step per batch and token, so bigger pays more"
     )

@@ -1,19 +1,22 @@
-"""How long a study will take on this machine's CPU: a cost model from character counts, calibrated by the
-studies measured here before (`ftgen study --dry-run` prints it).
+"""How long a study will take on this machine: a cost model from character counts, calibrated by the studies
+measured here before or by rates measured on this device (`ftgen study --dry-run [--calibrate]` prints it).
 
 Throughput of the default model (SmolLM2-135M, fp32, 1 thread per unit) measured by configs/quick.yaml on the
-2-core development CPU while other work shared it (load ~4); other models are scaled by parameter count;
-GPUs are not modelled. After a study, the ratio of measured to estimated seconds per kind of unit, over the
-units it finished, is saved (`calibration_path()`) and used from then on; a study that finished nothing
-leaves the file as it was.
+2-core development CPU while other work shared it (load ~4); other models are scaled by parameter count.
+`--dry-run --calibrate` replaces these constants by `UnitRates` measured on the user's device with the study's
+own model (ftgen.study_rates): that is how a GPU is estimated. After a study, the ratio of measured to
+estimated seconds per kind of unit, over the units it finished, is saved (`calibration_path()`) and used from
+then on for the constants (not for measured rates); a study that finished nothing leaves the file as it was.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ftgen.data import read_raw_records
@@ -31,21 +34,43 @@ CHARS_PER_TOKEN = 3.6  # English text, BPE tokenizers of 32k-50k entries
 KINDS = ("train", "classify", "generate")
 
 
+@functools.lru_cache(maxsize=64)
 def param_count(model: str) -> float:
-    """Parameters of a model, guessed from its name (`Llama-2-7b` -> 7e9); the default model's otherwise."""
+    """Parameters of a model: counted from a `random:CONFIG`'s shape, else guessed from its name (`Llama-2-7b`
+    -> 7e9); the default model's otherwise."""
     if model in ("default", "SmolLM2-135M-Instruct"):
         return REF_PARAMS
+    if model.startswith("random:") and model_config(model):
+        return float(params_of(_shape(model)))
     m = re.search(r"(\d+(?:\.\d+)?)\s*([bBmM])\b", model.replace("-", " ").replace("_", " "))
     if m:
         return float(m[1]) * (1e9 if m[2] in "bB" else 1e6)
     return REF_PARAMS
 
 
-class CostModel:
-    """Seconds of each unit of a plan before calibration (mean characters per file read once)."""
+@dataclass(frozen=True)
+class UnitRates:
+    """Throughput in the cost model's own units: training tokens and prompt tokens as counted from characters
+    (CHARS_PER_TOKEN), greedy decoding steps of a batch, seconds to load the model. `source` says where they
+    come from (the constants below, or a calibration measured on this machine: ftgen.study_calibration)."""
 
-    def __init__(self, plan: Plan):
+    train_tokens_s: float = CPU_TRAIN_TOKENS_S
+    prefill_tokens_s: float = CPU_PREFILL_TOKENS_S
+    decode_steps_s: float = CPU_DECODE_STEPS_S
+    load_s: float = CPU_MODEL_LOAD_S
+    train_extra_s: float = 0.0  # a training run's seconds besides training, loading, saving: the drift analysis
+    auto_batch: int = 16  # the decoding batch that batch_size "auto" reaches (16 on a CPU; measured on a GPU)
+    source: str = "constants"
+
+
+class CostModel:
+    """Seconds of each unit of a plan (mean characters per file read once). `rates`: measured rates of a model
+    (ftgen.study_calibration), used as they are; a model without them gets the CPU constants scaled by its
+    parameter count."""
+
+    def __init__(self, plan: Plan, rates: dict[str, UnitRates] | None = None):
         self.plan = plan
+        self.rates = rates or {}
         self._chars: dict[tuple, tuple[float, float, int]] = {}
 
     def avg_chars(self, path: Path, task: TaskDef, fmt: int, n: int | None) -> tuple[float, float, int]:
@@ -61,32 +86,48 @@ class CostModel:
             self._chars[key] = (prompt / max(len(rows), 1), answer / max(len(rows), 1), len(rows))
         return self._chars[key]
 
-    def unit(self, spec: RunSpec | CellSpec) -> tuple[str, float]:
-        """(kind, seconds) of one unit."""
+    def rates_of(self, model: str) -> tuple[UnitRates, float]:
+        """(rates, scale): measured rates at scale 1, else the constants and the parameter-count scale."""
+        if model in self.rates:
+            return self.rates[model], 1.0
+        return UnitRates(), param_count(model) / REF_PARAMS
+
+    def work(self, spec: RunSpec | CellSpec) -> tuple[str, dict[str, float]]:
+        """(kind, work) of one unit: train_tokens (LoRA discounted), prefill_tokens, decode_steps (of a batch)."""
         res = self.plan.resolved
-        scale = param_count(spec.model) / REF_PARAMS
-        if isinstance(spec, InterpolationSpec):  # load two models in fp32, mix, save one
-            return "train", 3 * CPU_MODEL_LOAD_S * scale
+        if isinstance(spec, InterpolationSpec):  # load two models in fp32, mix them, save one
+            return "train", {"model_loads": 3.0}
         if isinstance(spec, RunSpec):
             task = res.tasks[spec.train_task]
             path = train_file(res, spec.train_task, spec.train_set, spec.size)
             p, a, _ = self.avg_chars(path, task, 0, spec.size)
             tokens = spec.size * (p + a) * (1 + spec.fticl_k) / CHARS_PER_TOKEN * spec.epochs
             factor = 0.7 if spec.lora_r else 1.0  # LoRA still back-propagates through every activation
-            return "train", (tokens / CPU_TRAIN_TOKENS_S * factor + 2 * CPU_MODEL_LOAD_S) * scale
+            return "train", {"train_tokens": tokens * factor}
         params = spec.params
         task = res.tasks[params.task]
         p, a, n = self.avg_chars(res.files[params.task].test[params.test_set], task, params.fmt, params.limit)
         prefix = params.shots * (p + a) / CHARS_PER_TOKEN
         if task.kind == "classification":
             labels = sum(len(lab) for lab in task.labels) / CHARS_PER_TOKEN + len(task.labels)
-            return "classify", (n * (p / CHARS_PER_TOKEN + labels) + prefix) / CPU_PREFILL_TOKENS_S * scale
+            return "classify", {"prefill_tokens": n * (p / CHARS_PER_TOKEN + labels) + prefix}
         # a base model often runs to max_new_tokens; a fine-tuned one stops after about its gold length
         most = params.max_new_tokens or task.max_new_tokens
         new = most if spec.run is None else min(most, 2 * a / CHARS_PER_TOKEN + 4)
-        batch = params.batch_size if isinstance(params.batch_size, int) else 16  # "auto" is 16 on a CPU
-        prefill = (n * p / CHARS_PER_TOKEN + prefix) / CPU_PREFILL_TOKENS_S
-        return "generate", (prefill + -(-n // batch) * new / CPU_DECODE_STEPS_S) * scale
+        batch = params.batch_size if isinstance(params.batch_size, int) else self.rates_of(spec.model)[0].auto_batch
+        return "generate", {"prefill_tokens": n * p / CHARS_PER_TOKEN + prefix, "decode_steps": -(-n // batch) * new}
+
+    def unit(self, spec: RunSpec | CellSpec) -> tuple[str, float]:
+        """(kind, seconds) of one unit (a training run: with loading the model and saving it)."""
+        kind, w = self.work(spec)
+        r, scale = self.rates_of(spec.model)
+        seconds = w.get("train_tokens", 0) / r.train_tokens_s + w.get("prefill_tokens", 0) / r.prefill_tokens_s
+        seconds += w.get("decode_steps", 0) / r.decode_steps_s
+        if "model_loads" in w:  # an interpolation: loads and a save, no training
+            seconds += w["model_loads"] * r.load_s
+        elif kind == "train":
+            seconds += 2 * r.load_s + r.train_extra_s
+        return kind, seconds * scale
 
 
 def calibration_path() -> Path:
@@ -148,25 +189,34 @@ def estimate_at_once(cfg) -> int:
     return cfg.workers
 
 
-def estimate(plan: Plan, done_keys: set[str] = frozenset()) -> dict:
-    """Seconds for the units not done yet, calibrated by the last study measured on this machine."""
+def estimate(plan: Plan, done_keys: set[str] = frozenset(), rates: dict[str, UnitRates] | None = None) -> dict:
+    """Seconds for the units not done yet: from `rates` measured on this machine for a model (see CostModel),
+    else from the constants calibrated by the last study measured on this machine."""
+    rates = rates or {}
     cal = load_calibration()
-    costs = CostModel(plan)
+    costs = CostModel(plan, rates)
     by_kind: dict[str, float] = dict.fromkeys(KINDS, 0.0)
+    units: dict[str, int] = dict.fromkeys(KINDS, 0)
     for spec in [*plan.runs, *plan.cells]:
         if spec.key not in done_keys:
             kind, seconds = costs.unit(spec)
-            by_kind[kind] += seconds * cal.get(kind, 1.0)
-    models = {c.run.key if c.run else c.model for c in plan.cells if c.key not in done_keys}
-    eval_s = by_kind["classify"] + by_kind["generate"] + len(models) * CPU_MODEL_LOAD_S
+            by_kind[kind] += seconds * (1.0 if spec.model in rates else cal.get(kind, 1.0))
+            units[kind] += 1
+    models = {(c.run.key if c.run else c.model): c.model for c in plan.cells if c.key not in done_keys}
+    load_s = sum(costs.rates_of(m)[0].load_s for m in models.values())
+    eval_s = by_kind["classify"] + by_kind["generate"] + load_s
     at_once = estimate_at_once(plan.cfg)
     return {
         "train_s": by_kind["train"],
         "eval_s": eval_s,
+        "by_kind": by_kind,
+        "units": units,
+        "load_s": load_s,
         "at_once": at_once,
         "total_s": (by_kind["train"] + eval_s) / at_once,
-        "calibrated": bool(cal),
+        "calibrated": bool(cal) and len(rates) < len(plan.cfg.models),
         "calibration": cal,
+        "measured": sorted(rates),
     }
 
 
@@ -178,10 +228,14 @@ def model_config(model: str) -> dict | None:
     Face cache); None otherwise. Never downloads."""
     from ftgen.models import DEFAULT_MODEL, cache_dir
 
-    candidates = [cache_dir() / "models" / DEFAULT_MODEL] if model in ("default", DEFAULT_MODEL) else [Path(model)]
-    for folder in candidates:
+    folders = [cache_dir() / "models" / DEFAULT_MODEL] if model in ("default", DEFAULT_MODEL) else [Path(model)]
+    files = [folder / "config.json" for folder in folders]
+    if model.startswith("random:"):  # a random-weight model (ftgen.models.random_model): its JSON, or its dir's
+        source = Path(model.removeprefix("random:")).expanduser()
+        files = [source if source.suffix == ".json" else source / "config.json"]
+    for file in files:
         try:
-            return json.loads((folder / "config.json").read_text())
+            return json.loads(file.read_text())
         except (OSError, ValueError):
             pass
     try:

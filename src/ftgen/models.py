@@ -255,6 +255,15 @@ def max_length(model, tokenizer, cap: int | None = None) -> int:
 RANDOM_PREFIX = "random:"
 
 
+def load_model_config(name: str):
+    """The Hugging Face config of a model name (random: specs included), without loading weights."""
+    from transformers import AutoConfig
+
+    if is_random_model(name):
+        return random_model(name, meta=True)[0].config
+    return AutoConfig.from_pretrained(resolve_model(name))
+
+
 def is_random_model(name: object) -> bool:
     """True for `random:CONFIG`: a model with random weights, which must never produce a stored result."""
     return isinstance(name, str) and name.startswith(RANDOM_PREFIX)

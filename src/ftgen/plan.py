@@ -24,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ftgen.auto_tokens import resolve_micro_batch_tokens
 from ftgen.config import (
     RESULT_RULES,
     STUDY_OWNED_TRAIN_FIELDS,
@@ -253,6 +254,7 @@ def _run_spec(resolved: Resolved, i: int, method: Method, grid: tuple, hashes: F
         for f, p in STUDY_OWNED_TRAIN_FIELDS.items()
     }
     tc = parse_train_config(fields, f"{cfg.name}: training run (train.{i}, method {method.display})", where)
+    tc = resolve_micro_batch_tokens(tc, strict=False)  # "auto" -> this machine's number, before the key
     files = resolved.files[task.name]
     data = {
         "train": hashes(train_file(resolved, task.name, train_set, size)),
@@ -345,8 +347,10 @@ def load_plan(
     *,
     limit: int | None = None,
     executor: str | None = None,
+    allow_random: bool = False,
 ) -> Plan:
-    """Read, override (--limit, --executor), validate and expand a study config."""
+    """Read, override (--limit, --executor), validate and expand a study config. `allow_random`: accept
+    `random:CONFIG` models (a dry run: no result is stored)."""
     cfg = load_study(config_path)
     overrides: dict = {}
     if limit is not None:
@@ -356,7 +360,7 @@ def load_plan(
     if overrides:  # validated like the file's own values
         cfg = parse_study(cfg.model_dump() | overrides, f"{config_path} (with command-line options)")
     cfg, data = resolve_paths(cfg, data_dir, config_path)
-    return build_plan(validate_study(cfg, data, str(config_path)))
+    return build_plan(validate_study(cfg, data, str(config_path), allow_random=allow_random))
 
 
 # ---------------------------------------------------------------- changed configs

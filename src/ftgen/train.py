@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from ftgen import progress
+from ftgen.auto_tokens import resolve_micro_batch_tokens
 from ftgen.batching import Example, collate, epoch_plan
 from ftgen.checkpoint import STATE_FILE, atomic_dir, latest_checkpoint, prune_checkpoints, read_state
 from ftgen.config import FieldError, TrainConfig, changed_result_fields, check_out_dir
@@ -190,6 +191,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
     from accelerate.utils import set_seed
 
     out = Path(out_dir)
+    cfg = resolve_micro_batch_tokens(cfg)  # "auto" -> a number, as a study's key holds it (ftgen.auto_tokens)
     # 0. where do we start? (before any heavy work)
     if (done := finished_summary(cfg, out, resume)) is not None:
         return done

@@ -75,9 +75,14 @@ def resolve_paths(
     return cfg, absolute(cfg.data_dir) if cfg.data_dir is not None else None
 
 
-def validate_study(cfg: StudyConfig, data_dir: str | Path | None, source: str = "study config") -> Resolved:
-    """Every check that needs the task definitions or the data; UserError naming the field."""
-    return _Checker(cfg, data_dir, source).run()
+def validate_study(
+    cfg: StudyConfig, data_dir: str | Path | None, source: str = "study config", *, allow_random: bool = False
+) -> Resolved:
+    """Every check that needs the task definitions or the data; UserError naming the field. `allow_random`:
+    `random:CONFIG` models pass (a dry run, which stores no result); else they are refused."""
+    checker = _Checker(cfg, data_dir, source)
+    checker.allow_random = allow_random
+    return checker.run()
 
 
 class _Checker:
@@ -124,10 +129,15 @@ class _Checker:
             resolved.notes += self.check_eval_pools(resolved)
         return resolved
 
+    allow_random = False
+
     def check_models(self) -> None:
         from ftgen.hub import check_model_name
 
         for i, model in enumerate(self.cfg.models):
+            if model.startswith("random:"):  # ftgen.models.RANDOM_PREFIX (no torch import here)
+                self.check_random_model(f"models.{i}", model)
+                continue
             try:
                 check_model_name(model)
             except UserError as e:
@@ -156,6 +166,19 @@ class _Checker:
                 except UserError as e:
                     self.fail("eval.scoring", str(e))
         return notes
+
+    def check_random_model(self, path: str, model: str) -> None:
+        if not self.allow_random:
+            self.fail(
+                path,
+                f"'{model}': random weights are for estimates and benchmarks only (ftgen study --dry-run "
+                "[--calibrate], ftgen bench), never for stored results",
+            )
+        source = Path(model.removeprefix("random:")).expanduser()
+        if not (source / "config.json" if source.is_dir() else source).is_file() or not (
+            source.is_dir() or source.suffix == ".json"
+        ):
+            self.fail(path, f"'{model}': expected random:DIR (holding config.json) or random:FILE.json")
 
     def check_train(self) -> list[str]:
         """The train set of each entry (default: its task's first in-domain set), checked against the data."""

@@ -11,8 +11,8 @@ Each step runs on its own: one that fails is reported in the summary and the nex
 runs the same steps at tiny sizes (a tiny random model instead of 7B): on a CPU, in a few minutes, so
 that a test keeps this script from rotting.
 
-The paper-grid estimate feeds the measured rates into the study's own cost model in place of its CPU
-constants (`_study_estimate`); once `ftgen study --dry-run --calibrate` exists, that is the call to use.
+The paper-grid estimate is `ftgen study configs/paper.yaml --dry-run --calibrate` with the random-weight
+model in place of the config's (ftgen.study_rates): its units measured in miniature on this device.
 """
 
 from __future__ import annotations
@@ -60,9 +60,6 @@ class Sizes:
     train_records: int = 512
     train_max_length: int = 512
     calib_shape: dict = field(default_factory=lambda: LLAMA2_7B_SHAPE)
-    calib_classify: tuple = ("sentiment", "sst2", 64, 4)
-    calib_generate: tuple = ("question", "socialqa", 32, 1)
-    calib_train: dict = field(default_factory=lambda: {"records": 64, "max_length": 512, "steps": 2})
     study: str | None = "configs/quick.yaml"  # None: a tiny generated study
 
 
@@ -72,9 +69,6 @@ QUICK = Sizes(
     train_records=16,
     train_max_length=128,
     calib_shape=TINY_LLAMA_SHAPE,
-    calib_classify=("sentiment", "sst2", 8, 2),
-    calib_generate=("question", "socialqa", 4, 1),
-    calib_train={"records": 24, "max_length": 128, "steps": 1, "batch_size": 8, "micro_batch_size": 8},
     study=None,
 )
 
@@ -158,97 +152,52 @@ def step_train(ctx: dict) -> dict:
     }
 
 
-def _train_plan(model_name: str, sizes: Sizes) -> dict | None:
-    """Full fine-tuning with micro-batches from the token budget if it fits on this device, else LoRA r=16
-    (the paper config's advice for one GPU), else None (training is not timed)."""
-    from ftgen.bench.train import model_config
-    from ftgen.device import current_device
-    from ftgen.memory import count_params, free_device_bytes, lora_params, token_budget
-    from ftgen.models import choose_dtype
-
-    device = current_device()
-    config = model_config(model_name)
-    plan = dict(sizes.calib_train)
-    free, n = free_device_bytes(device), count_params(config)
-    dtype = choose_dtype("auto", device.type)
-    for lora_r in (None, 16):
-        trainable = lora_params(config, lora_r) if lora_r else n
-        try:
-            budget = token_budget(free, config, dtype, max_length=plan["max_length"], n_params=n, n_trainable=trainable)
-        except UserError as e:
-            say(f"  {'LoRA r=16' if lora_r else 'full fine-tuning'}: {e}")
-            continue
-        say(f"  training timed {'with LoRA r=16' if lora_r else 'in full'}: micro-batches of <= {budget} tokens fit")
-        return plan | {"lora_r": lora_r, "micro_batch_tokens": min(budget, 16 * plan["max_length"])}
-    return None
-
-
 def step_estimate(ctx: dict) -> dict:
-    """Rates of a random-weight model of the configured shape on this device, then the paper grid's estimate."""
-    from ftgen.calibrate import calibrate
+    """The paper grid with a random-weight model of the configured shape, estimated from its units measured in
+    miniature on this device: what `ftgen study PAPER --dry-run --calibrate` prints (ftgen.study_rates)."""
+    import yaml
+
+    from ftgen.costs import disk_estimate, estimate, fmt_bytes
+    from ftgen.files import read_yaml
+    from ftgen.plan import load_plan
+    from ftgen.progress import fmt_seconds
+    from ftgen.study_rates import calibrate_plan, unit_rates
 
     sizes, out = ctx["sizes"], ctx["out"]
     shape = out / ("llama-2-7b-shape.json" if sizes.calib_shape is LLAMA2_7B_SHAPE else "tiny-llama.json")
     shape.write_text(json.dumps(sizes.calib_shape, indent=2))
-    model = f"random:{shape}"
-    rates = calibrate(
-        model, ctx["data_dir"], classify=sizes.calib_classify, generate=sizes.calib_generate,
-        train=_train_plan(model, sizes), log=say,
-    )  # fmt: skip
-    (out / "rates.json").write_text(json.dumps(rates.as_dict(), indent=2))
-    result = {
-        "model": f"{rates.params / 1e9:.2f}B params ({shape.name}), {rates.dtype}",
-        "train tokens/s": _num(rates.train_tokens_s),
-        "prefill tokens/s": _num(rates.prefill_tokens_s),
-        "decode steps/s": _num(rates.decode_steps_s),
-        "peak GiB": ", ".join(f"{k} {v / 2**30:.1f}" for k, v in rates.peak_bytes.items()),
-    }
+    model = f"random:{shape.resolve()}"
+    study = read_yaml(ctx["paper_config"]) | {"models": [model]}
+    config = out / "paper-random.yaml"
+    config.write_text(yaml.safe_dump(study, sort_keys=False))
+    plan = load_plan(config, ctx["data_dir"], allow_random=True)
+    rates = calibrate_plan(plan, log=say)[model]
+    (out / "rates.json").write_text(json.dumps(rates.as_json(), indent=2))
+    est, disk = estimate(plan, rates=unit_rates({model: rates})), disk_estimate(plan)
     for note in rates.notes:
         say(f"  note: {note}")
-    est = _study_estimate(ctx["paper_config"], ctx["data_dir"], rates)
-    result |= {f"paper grid: {k}": v for k, v in est.items()}
+    r = rates.rates
+    say(
+        f"  {ctx['paper_config']} with {shape.name}: {len(plan.runs)} training runs, {len(plan.cells)} cells; "
+        f"calibrated estimate {fmt_seconds(est['total_s'])} (training {fmt_seconds(est['train_s'])}, evaluation "
+        f"{fmt_seconds(est['eval_s'])}), disk {fmt_bytes(disk['total_bytes'])}"
+    )
+    result = {
+        "model": f"{shape.name} on {rates.device}, {rates.dtypes}",
+        "rates (cost-model units)": f"train {r.train_tokens_s:.4g} tokens/s, prefill {r.prefill_tokens_s:.4g} "
+        f"tokens/s, decode {r.decode_steps_s:.4g} steps/s, load {r.load_s:.1f}s",
+        "peak GiB": ", ".join(f"{k} {v / 2**30:.1f}" for k, v in rates.peak_bytes.items()),
+        "paper grid: units": f"{len(plan.runs)} runs, {len(plan.cells)} cells",
+        "paper grid: calibrated": fmt_seconds(est["total_s"]),
+        "paper grid: training": fmt_seconds(est["train_s"]),
+        "paper grid: evaluation": fmt_seconds(est["eval_s"]),
+        "paper grid: disk": fmt_bytes(disk["total_bytes"]),
+    }
+    if rates.notes:
+        result["notes"] = "; ".join(rates.notes)
     if sizes.calib_shape is not LLAMA2_7B_SHAPE:
         result["paper grid: note"] = "rates of a tiny random model (--quick): a wiring check, not an estimate"
     return result
-
-
-def _num(x: float | None) -> str:
-    return "not measured" if x is None else f"{x:.1f}"
-
-
-def _study_estimate(config: Path, data_dir: Path, rates) -> dict:
-    """The study's cost model with the measured rates in place of its CPU constants (scale 1: the rates
-    are those of a model of the study's size). A stop-gap until `ftgen study --dry-run --calibrate`."""
-    from unittest import mock
-
-    import ftgen.study as study
-
-    plan = study.load_plan(config, data_dir)
-    before = study.estimate(plan)
-    if None in (rates.train_tokens_s, rates.prefill_tokens_s, rates.decode_steps_s):
-        raise RuntimeError("a rate was not measured (see the notes above): no calibrated estimate")
-    measured = {
-        "CPU_TRAIN_TOKENS_S": rates.train_tokens_s,
-        "CPU_PREFILL_TOKENS_S": rates.prefill_tokens_s,
-        "CPU_DECODE_STEPS_S": rates.decode_steps_s,
-        "CPU_MODEL_LOAD_S": rates.load_s,
-        "REF_PARAMS": study._param_count(plan.cfg.models[0]),
-        "load_calibration": lambda: {},
-    }
-    with mock.patch.multiple(study, **measured):
-        est = study.estimate(plan)
-    say(
-        f"  {config}: {len(plan.runs)} training runs, {len(plan.cells)} cells; calibrated estimate "
-        f"{study.fmt_seconds(est['total_s'])} (training {study.fmt_seconds(est['train_s'])}, evaluation "
-        f"{study.fmt_seconds(est['eval_s'])}); the CPU-constant estimate says {study.fmt_seconds(before['total_s'])}"
-    )
-    return {
-        "units": f"{len(plan.runs)} runs, {len(plan.cells)} cells",
-        "calibrated": study.fmt_seconds(est["total_s"]),
-        "training": study.fmt_seconds(est["train_s"]),
-        "evaluation": study.fmt_seconds(est["eval_s"]),
-        "disk (models)": f"{len(plan.runs) * rates.checkpoint_bytes / 1e9:.0f} GB",
-    }
 
 
 def _private_cache(out: Path) -> Path:

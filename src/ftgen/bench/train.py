@@ -187,6 +187,7 @@ def run_trl(b: Bench, out: Path) -> dict:
 
 
 def _setup(data_dir, task, records, max_length, batch_size, micro_batch_size, micro_batch_tokens, lr, model, dtype):
+    from ftgen.auto_tokens import resolve_micro_batch_tokens
     from ftgen.models import load_tokenizer
     from ftgen.train import TrainConfig, load_records, tokenize
 
@@ -195,6 +196,7 @@ def _setup(data_dir, task, records, max_length, batch_size, micro_batch_size, mi
         model=model, task=task, train_size=records, data_dir=str(data_dir), epochs=1, lr=lr, batch_size=batch_size,
         max_length=max_length, dtype=dtype, **{k: v for k, v in overrides.items() if v is not None},
     )  # fmt: skip
+    cfg = resolve_micro_batch_tokens(cfg)
     tokenizer = load_tokenizer(model)
     examples = tokenize(cfg, *load_records(cfg), tokenizer).examples
     return cfg, tokenizer, examples
@@ -348,13 +350,9 @@ def _report(results: dict, cfg, examples, peak: float, device, baselines, out: P
 
 def model_config(name: str):
     """The Hugging Face config of a model name (random: specs included), without loading weights."""
-    from transformers import AutoConfig
+    from ftgen.models import load_model_config
 
-    from ftgen.models import is_random_model, random_model, resolve_model
-
-    if is_random_model(name):
-        return random_model(name, meta=True)[0].config
-    return AutoConfig.from_pretrained(resolve_model(name))
+    return load_model_config(name)
 
 
 def _ftgen_micro_batches(cfg, lengths: list[int]) -> list[list[int]]:
