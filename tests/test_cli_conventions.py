@@ -119,10 +119,10 @@ def test_study_data_dir_from_the_environment_and_the_file_wins(paper_data, tmp_p
     cfg.write_text(yaml.safe_dump(study))
     env = {"FTGEN_DATA_DIR": str(paper_data)}
     proc = run_cli("study", str(cfg), "--dry-run", "--out", str(tmp_path / "o"), env=env)
-    assert proc.returncode == 0 and f"data {paper_data}" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and f"data {paper_data.resolve()}" in proc.stdout, proc.stderr
     cfg.write_text(yaml.safe_dump({**study, "data_dir": str(paper_data)}))
     proc = run_cli("study", str(cfg), "--dry-run", "--out", str(tmp_path / "o"), env={"FTGEN_DATA_DIR": "/nowhere"})
-    assert proc.returncode == 0 and f"data {paper_data}" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and f"data {paper_data.resolve()}" in proc.stdout, proc.stderr
     bad = run_cli("study", str(cfg), "--dry-run", "--data-dir", "/nowhere", "--out", str(tmp_path / "o"), env=env)
     assert bad.returncode == 2 and "/nowhere: data directory not found" in bad.stderr  # the flag wins over both
     assert not Path(tmp_path / "o").exists()
