@@ -147,3 +147,14 @@ def model_sandbox(tmp_path, monkeypatch) -> Sandbox:
     from ftgen import hub
 
     hub.hub_unreachable.cache_clear()
+
+
+LONGEST_FILE = "test_study_kills.py"  # ~8 minutes on one core: a real study killed 21 times
+
+
+def pytest_collection_modifyitems(items):
+    """The longest file first, then the other files holding slow end-to-end tests, then the rest, each file's tests
+    in their order: under `make test` (pytest-xdist, a file per worker) the long files start at once on both
+    workers and the many short ones fill in after them, instead of the longest file starting last."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: (item.path.name != LONGEST_FILE, item.path not in slow_files))  # stable sort
