@@ -365,3 +365,11 @@ def load_task(name_or_path: str, extra_dirs: list[str | Path] | None = None) -> 
     if name_or_path not in tasks:
         raise UserError(f"unknown task '{_short(name_or_path)}' (known: {', '.join(sorted(tasks))})")
     return tasks[name_or_path][0]
+
+
+def in_domain_list(task_def: dict | None) -> list[str] | None:
+    """A stored task definition's in-domain sets (an older store holds one name); None when unknown."""
+    if not task_def or "in_domain" not in task_def:
+        return None
+    value = task_def["in_domain"]
+    return [value] if isinstance(value, str) else list(value or [])

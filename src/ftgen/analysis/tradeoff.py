@@ -25,6 +25,7 @@ from statistics import mean
 
 from ftgen.analysis.interpolate import best_alphas
 from ftgen.store import Store
+from ftgen.tasks import in_domain_list
 
 GROUP_KEYS = ("id", "ood", "cross")
 
@@ -38,8 +39,7 @@ def _group(train_task: str, in_domain: list[str], test_task: str, test_set: str)
 def _in_domain(trained: dict) -> list[str]:
     """The trained run's in-domain test sets, from the task definition it was trained under (an older store
     holds one name, a store without a definition none)."""
-    value = (_identity(trained).get("task_def") or {}).get("in_domain")
-    return [value] if isinstance(value, str) else list(value or [trained["train_set"]])
+    return in_domain_list(_identity(trained).get("task_def")) or [trained["train_set"]]
 
 
 def _identity(row: dict) -> dict:

@@ -30,7 +30,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ftgen import stats
-from ftgen.report.view import CellData, StudyView, TestSet, in_domain_list
+from ftgen.report.view import CellData, StudyView, TestSet
+from ftgen.tasks import in_domain_list
 
 GROUPS = ("ID", "OOD", "cross")
 GROUP_NAMES = {"ID": "in-domain", "OOD": "out-of-domain", "cross": "cross-task"}

@@ -129,14 +129,6 @@ def _predictions(store: Store, key: str) -> list | str | None:
         return UNREADABLE
 
 
-def in_domain_list(task_def: dict | None) -> list[str] | None:
-    """A stored task definition's in-domain sets (an older store holds one name); None when unknown."""
-    if not task_def or "in_domain" not in task_def:
-        return None
-    value = task_def["in_domain"]
-    return [value] if isinstance(value, str) else list(value or [])
-
-
 class StudyView:
     """Everything the report reads from a study's store, read-only (safe while the study runs)."""
 
