@@ -36,6 +36,9 @@ def test_eval_end_to_end(paper_data, tmp_path, default_model_dir):
     summary = json.loads((out / "summary.json").read_text())
     assert [(row["shots"], row["fmt"]) for row in summary["rows"]] == [(0, 0), (0, 1), (2, 0), (2, 1)]
     assert "sst2" in r.stdout and "accuracy" in r.stdout  # the summary table
+    first = summary["rows"][0]
+    assert first["ci_low"] <= first["score"] <= first["ci_high"] and first["ci_high"] > first["ci_low"]
+    assert f"[{first['ci_low']:.1f}, {first['ci_high']:.1f}]" in r.stdout  # every score printed with its interval
     # a second run into the same OUT (another task) adds its rows to summary.json
     r = ftgen(
         "eval", "--task", "detection", "--test-set", "qqp", "--limit", "2", "--data-dir", str(paper_data),

@@ -7,11 +7,13 @@ import json
 
 import pytest
 import torch
+from scipy.stats import binomtest
 
 from ftgen.data import load_pool, load_test_set
 from ftgen.errors import UserError
 from ftgen.evaluate import _prepare, evaluate, stops, write_eval_outputs
 from ftgen.prompts import build_prompt, encode_prompt, encode_text, render_context, select_shots
+from ftgen.stats import bootstrap_interval
 from ftgen.tasks import load_task
 
 
@@ -64,6 +66,14 @@ def test_prefix_cache_equals_plain_and_hf_generate(default_model_fp32, paper_dat
         assert ref.startswith(text) if stops(text) else ref == text, (ref, text)
     assert cached.metrics["metric"] == "rouge_l" and 0 <= cached.metrics["score"] <= 100
     assert {"rouge_l", "bleu"} <= set(cached.metrics)
+    # the score's interval: a bootstrap over the records' Rouge-L, each recomputed here by rouge-score
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    per_record = [100 * scorer.score(p["gold"], p["prediction"])["rougeL"].fmeasure for p in cached.predictions]
+    expected = bootstrap_interval(per_record)
+    assert expected.estimate == pytest.approx(cached.metrics["score"])
+    assert (cached.metrics["ci_low"], cached.metrics["ci_high"]) == pytest.approx((expected.low, expected.high))
 
 
 @pytest.mark.parametrize(("task_name", "test_set"), [("sentiment", "sst2"), ("detection", "qqp")])
@@ -170,6 +180,10 @@ def test_outputs_are_written_one_line_per_record(default_model, paper_data, tmp_
         metrics
     )
     assert metrics["metric"] == "accuracy" and metrics["score"] == metrics["accuracy"] and metrics["n"] == 5
+    # the score's 95% interval: exact binomial (Clopper-Pearson), as scipy computes it
+    correct = round(metrics["score"] * 5 / 100)
+    ci = binomtest(correct, 5).proportion_ci(0.95, method="exact")
+    assert (metrics["ci_low"], metrics["ci_high"]) == pytest.approx((100 * ci.low, 100 * ci.high))
     lines = (tmp_path / "cell" / "predictions.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
     assert [r["id"] for r in rows] == [r["id"] for r in records]

@@ -12,7 +12,7 @@ from analysis_helpers import fake_run, lora_adapter, perturbed, save_model, tiny
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftgen.analysis import best_alphas, interpolate_model, plot_tradeoff
+from ftgen.analysis import best_alphas, interpolate_model
 from ftgen.analysis.interpolate import mix, tradeoff_score
 from ftgen.data import load_test_set
 from ftgen.evaluate import evaluate
@@ -156,15 +156,6 @@ def test_best_alpha_maximises_the_documented_score(rows):
     best = best_alphas(curve)["best"][0]
     assert best["score"] == tradeoff_score(best)
     assert best["score"] >= max([0.0] + [i - max(0.0, -c) for _, i, c in rows])  # α = 0 scores 0
-
-
-def test_tradeoff_figure(tmp_path):
-    curve = points(rows=[(0.5, 8.0, 2.0, -1.0), (1.0, 10.0, 1.0, -7.0)])
-    curve += points(method="fticl", rows=[(0.5, 6.0, 3.0, 0.0), (1.0, 9.0, 2.0, -2.0)])
-    curve += points(task="question", rows=[(1.0, 3.0, None, -1.0)])
-    paths = plot_tradeoff(curve, tmp_path / "tradeoff")
-    assert [p.name for p in paths] == ["tradeoff.png", "tradeoff.svg"]
-    assert paths[0].read_bytes()[:4] == b"\x89PNG" and "best α" in paths[1].read_text()
 
 
 def test_cli_interpolate(capsys, full_run, tmp_path):

@@ -102,14 +102,17 @@ def test_claim_evidence_equals_stats_computed_directly(tmp_path):
     generation_study(tmp_path, 30)
     t = Table(StudyView(tmp_path))
     claim = next(c for c in check_claims(t) if c.number == "11")
-    cells = []
+    cells, compared = [], []
     for s in t.settings:
         for p in t.pairs:
             for test in t.test_sets:
                 if test.task == "sentiment":
                     a, b = t.cell(p.fticl, test, s), t.cell(p.ft, test, s)
                     cells.append(list(zip(a.records, b.records, strict=True)))
-    assert claim.evidence == stats.format_headline(stats.headline("FTICL − FT, cross-task", cells))
+                    compared += [a, b]
+    flagged = sum(1 for c in compared if c.distrust)  # FT's 60% is within its interval of the 50% majority rate
+    note = f"; {flagged} of the {len(compared)} cells compared are flagged to distrust (†)" if flagged else ""
+    assert claim.evidence == stats.format_headline(stats.headline("FTICL − FT, cross-task", cells)) + note
     assert "interval lies above 0" in claim.rule and claim.text.startswith("for generation tasks")
 
 
@@ -160,3 +163,22 @@ def test_the_report_lists_every_claim_with_its_rule(tmp_path):
     assert [c.number for c in r["claims"]] == ["1", "2", "3", "4", "5", "7", "10", "11", "12", "13"]
     page = (tmp_path / "report" / "report.html").read_text()
     assert "id='claims'" in page and "verdict-confirmed" in page
+
+
+def test_a_verdict_says_how_many_of_the_cells_it_compared_are_flagged_to_distrust(tmp_path):
+    """The base scores 50% on balanced sentiment sets (the majority rate: flagged), FT 70%: claim 5 compares FT's
+    out-of-domain cells with the base's and says how many of those are flagged; a claim on sound cells says
+    nothing."""
+    classification_study(tmp_path / "cls")
+    t = Table(StudyView(tmp_path / "cls"))
+    ft = [m for m in t.trained if not m.fticl]
+    mine = [t.cell(m, ts, s) for m in ft for s in t.settings for ts in t.group_sets(m, s, "OOD")]
+    compared = mine + [t.base_cell(c) for c in mine]
+    flagged = [c for c in compared if c.distrust]
+    assert len(compared) == 4 and flagged and all(c.model.is_base for c in flagged)
+    claim_5 = next(c for c in check_claims(t) if c.number == "5")
+    note = f"; {len(flagged)} of the {len(compared)} cells compared are flagged to distrust (†)"
+    assert claim_5.evidence.endswith(note)
+    generation_study(tmp_path / "gen", 30)
+    claims = {c.number: c for c in check_claims(Table(StudyView(tmp_path / "gen")))}
+    assert "flagged" not in claims["4"].evidence and "flagged" not in claims["10"].evidence

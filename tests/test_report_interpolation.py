@@ -18,6 +18,7 @@ from ftgen.analysis.drift import weight_drift
 from ftgen.report import StudyView, Table, check_claims, write_report
 from ftgen.report import interpolation as I
 from ftgen.store import Store
+from helpers import assert_user_error, run_cli_inprocess
 
 SENT = ["positive", "negative"]
 SENT_SETS = ("amazon", "amazonfood", "sst2")
@@ -129,8 +130,10 @@ def test_tradeoff_points_are_the_tables_group_means_and_the_best_alpha_its_argma
             assert all(p.deltas[g] is t.group_means[(p.model, p.setting, g)] for g in ("ID", "OOD", "cross"))
     ft_curve = [p for p in trade["points"] if p.parent.method == "ft" and p.setting == t.settings[0]]
     assert [p.alpha for p in ft_curve] == [0.0, 0.25, 0.5, 1.0]
-    assert ft_curve[0].scores["ID"] == pytest.approx((20 + 22) / 80 * 100)  # α = 0: the base model's mean score
-    assert ft_curve[2].scores["ID"] == pytest.approx((38 + 30) / 80 * 100)
+    # α = 0: the base model's mean score
+    assert ft_curve[0].scores["ID"].estimate == pytest.approx((20 + 22) / 80 * 100)
+    assert ft_curve[2].scores["ID"].estimate == pytest.approx((38 + 30) / 80 * 100)
+    assert ft_curve[2].scores["ID"].low < ft_curve[2].scores["ID"].estimate < ft_curve[2].scores["ID"].high
     assert list(trade["best"]) == [t.settings[0]]  # 2-shot has no cross-task cell: no criterion, no best α
     for s in trade["best"]:
         for parent in I.curves(t):
@@ -164,6 +167,53 @@ def test_the_report_has_a_wise_ft_section_only_with_interpolations(studies, tmp_
     plain = without["html"].read_text(encoding="utf-8")
     assert "WiSE-FT" not in plain and not (tmp_path / "without" / "tradeoff.png").exists()
     assert "Where fine-tuning acts" not in plain  # no run measured its layers
+
+
+def test_cli_analyze_tradeoff_prints_the_tables_numbers_with_intervals(studies, tmp_path, capsys):
+    """`ftgen analyze tradeoff OUT` prints the report's trade-off (same numbers, same intervals) and writes
+    tradeoff.md, tradeoff.json and the figure."""
+    r = run_cli_inprocess(capsys, "analyze", "tradeoff", str(studies["interp"]), "--out", str(tmp_path / "t"))
+    assert r.returncode == 0, r.stderr
+    t = Table(StudyView(studies["interp"]))
+    trade = I.tradeoff(t)
+    half = next(p for p in trade["points"] if p.alpha == 0.5 and p.parent.method == "ft" and p.setting.rank == 0)
+    delta, score = half.deltas["ID"], half.scores["ID"]
+    cell = f"{score.estimate:.1f} ±{score.half_width:.1f} (+{delta.estimate:.1f} ±{delta.half_width:.1f})*"
+    assert cell in r.stdout
+    assert trade["reading"][:60] in r.stdout.replace("\n", " ") and "INCOMPLETE" not in r.stdout
+    saved = json.loads((tmp_path / "t" / "tradeoff.json").read_text())
+    assert len(saved["points"]) == len(trade["points"])
+    got = next(p for p in saved["points"] if p["alpha"] == 0.5 and p["method"] == "ft" and p["setting"] == "0-shot")
+    assert (got["deltas"]["ID"]["low"], got["deltas"]["ID"]["high"]) == (delta.low, delta.high)
+    assert got["scores"]["ID"]["estimate"] == pytest.approx(score.estimate)
+    assert saved["best"][0]["setting"] == "0-shot" and saved["reading"] == trade["reading"]
+    assert (tmp_path / "t" / "tradeoff.png").stat().st_size > 1000
+    assert "| 0-shot | sentiment | ft | 0.5" in (tmp_path / "t" / "tradeoff.md").read_text(encoding="utf-8")
+
+
+def test_cli_analyze_tradeoff_says_incomplete_and_blanks_an_unfinished_group(tmp_path, capsys):
+    s = SyntheticStudy()
+    ft = s.run("rft", "sentiment", 32, "ft")
+    half = s.interpolated(ft, 0.5)
+    for name, run in (("base", None), ("ft", ft), ("ft@0.5", half)):
+        for i, test_set in enumerate(SENT_SETS):
+            done = not (name == "ft@0.5" and test_set == "amazonfood")
+            p = with_accuracy(SENT, 40, ACCURACY[name][i], seed=i) if done else None
+            s.cell(run, "sentiment", test_set, 0, p)
+    s.write(tmp_path / "study")
+    r = run_cli_inprocess(capsys, "analyze", "tradeoff", str(tmp_path / "study"), "--out", str(tmp_path / "t"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("INCOMPLETE: 8 of 9 cells done")
+    saved = json.loads((tmp_path / "t" / "tradeoff.json").read_text())
+    point = next(p for p in saved["points"] if p["alpha"] == 0.5)
+    assert point["deltas"]["ID"] is None and point["scores"]["ID"] is None  # amazonfood is in-domain: blank
+    assert point["deltas"]["OOD"]["low"] <= point["deltas"]["OOD"]["estimate"] <= point["deltas"]["OOD"]["high"]
+    assert "INCOMPLETE" in (tmp_path / "t" / "tradeoff.md").read_text(encoding="utf-8")
+
+
+def test_cli_analyze_tradeoff_without_interpolations_is_one_line(studies, tmp_path, capsys):
+    assert_user_error(run_cli_inprocess(capsys, "analyze", "tradeoff", str(studies["plain"])), "no interpolated")
+    assert_user_error(run_cli_inprocess(capsys, "analyze", "tradeoff", str(tmp_path / "none")), "no study results")
 
 
 def _render(renderable, width: int) -> str:

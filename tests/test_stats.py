@@ -219,6 +219,22 @@ def test_group_mean_is_the_mean_of_per_set_deltas_with_a_stratified_interval():
     assert 0 <= e.p_value <= 1
 
 
+def test_group_score_is_the_mean_of_set_scores_with_a_stratified_interval():
+    """A group's mean score (the WiSE-FT table's score columns): independent strata, so the half-width is the
+    normal approximation sqrt(sum var_i / n_i) / k on large n; one set is that set's bootstrap interval."""
+    rng = np.random.default_rng(17)
+    sets = [rng.uniform(0, 100, 900), rng.binomial(1, 0.3, 1600) * 100.0, rng.uniform(20, 60, 2500)]
+    e = S.group_score([[x] for x in sets])
+    assert e.estimate == pytest.approx(np.mean([x.mean() for x in sets]))
+    half = Z95 * math.sqrt(sum(x.var(ddof=1) / len(x) for x in sets)) / len(sets)
+    assert e.low == pytest.approx(e.estimate - half, abs=0.1 * half)
+    assert e.high == pytest.approx(e.estimate + half, abs=0.1 * half)
+    assert (e.n_sets, e.n, e.p_value, e.method) == (3, 5000, None, "bootstrap over records within sets")
+    assert S.group_score([[sets[0]]]) == S.bootstrap_interval(sets[0])
+    two_seeds = S.group_score([[sets[0], sets[0] + 10.0]])
+    assert two_seeds == S.seeds_score([sets[0], sets[0] + 10.0]) and two_seeds.sd == pytest.approx(10 / 2**0.5)
+
+
 def test_group_mean_is_blank_when_a_set_is_missing_unless_the_caller_allows_it():
     rng = np.random.default_rng(8)
     a, b = _set(rng, 50, 1.0), _set(rng, 70, 3.0)

@@ -119,6 +119,24 @@ def test_local_order_failures_and_retry(paper_data, tmp_path, fake_units):
         assert s.conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == N_CELLS
 
 
+def test_progress_lines_print_each_score_with_its_interval(paper_data, tmp_path, capsys, monkeypatch):
+    """Not quiet: a line per finished unit, each cell's score with the interval its metrics carry."""
+    from ftgen import progress
+
+    class WithIntervals(FakeUnits):
+        def eval(self, job) -> dict:
+            result = super().eval(job)
+            score = result["metrics"]["score"]
+            result["metrics"] |= {"ci_low": score / 2, "ci_high": score + 2.5}
+            return result
+
+    monkeypatch.setattr(progress, "_quiet", False)
+    _session(plan_for(TINY, paper_data), tmp_path, WithIntervals())
+    lines = [line for line in capsys.readouterr().err.splitlines() if "accuracy" in line]
+    assert len(lines) == N_CELLS
+    assert lines[0].startswith(f"[1/{N_RUNS + N_CELLS}] ") and ": accuracy 1.0 [0.5, 3.5] (n=8)" in lines[0]
+
+
 def test_a_lost_model_is_trained_again_before_its_cells(paper_data, tmp_path, fake_units):
     plan = plan_for(TINY, paper_data)
     run = plan.runs[0]

@@ -410,6 +410,36 @@ MUTATIONS = [
         ],
         ["tests/test_files.py::test_an_atomic_write_that_fails_leaves_the_old_file_as_it_was[json-rename]"],
     ),
+    # ---------------------------------------------------------------- intervals (ftgen.stats)
+    M(
+        "accuracy interval bootstrapped, not exact binomial",
+        "stats.py",
+        [
+            (
+                'if metric == "accuracy":\n        return binomial_interval(',
+                'if metric == "":\n        return binomial_interval(',
+            )
+        ],
+        ["tests/test_evaluate.py::test_outputs_are_written_one_line_per_record"],
+    ),
+    M(
+        "a 90% percentile interval printed as 95%",
+        "stats.py",
+        [("np.quantile(replicates, [alpha / 2, 1 - alpha / 2])", "np.quantile(replicates, [alpha, 1 - alpha])")],
+        ["tests/test_stats.py::test_bootstrap_interval_matches_the_normal_approximation_on_large_n"],
+    ),
+    M(
+        "a group mean is its first set's value",
+        "stats.py",
+        [("per_seed = np.mean([st.point() for st in strata], axis=0)", "per_seed = strata[0].point()")],
+        ["tests/test_stats.py::test_group_score_is_the_mean_of_set_scores_with_a_stratified_interval"],
+    ),
+    M(
+        "paired records matched by position, not by id",
+        "stats.py",
+        [("return r.values[[position[rid] for rid in order]]", "return r.values[: len(order)]")],
+        ["tests/test_stats.py::test_records_are_matched_by_id_and_the_unmatched_are_dropped_and_counted"],
+    ),
     # ---------------------------------------------------------------- compute dtype
     M(
         "auto dtype: bf16 only with both AVX512_BF16 and AMX",

@@ -225,12 +225,14 @@ def eval_cmd(
     for r in rows:
         reasons = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in r["dropped"].items() if v)
         r["dropped"] = f"{r['n_dropped']} ({reasons})" if reasons else "0"
+        r["score [95% interval]"] = progress.score_text(r)
         if "pred_share" in r:
             r["predicted"] = " / ".join(f"{lab} {v:.0f}%" for lab, v in r["pred_share"].items())
-    extra = ["macro_f1", "predicted"] if "pred_share" in rows[0] else ["bleu"]
-    columns = ["test_set", "shots", "fmt", "score", *extra, "n_scored", "dropped", "truncated", "seconds", "ex_s"]
-    columns += ["batch"]
-    print_table(f"{model} on {task}: {rows[0]['metric']}", rows, columns)  # one task: one metric
+    extra = ["predicted"] if "pred_share" in rows[0] else []  # macro-F1, BLEU (no interval here): in summary.json
+    columns = ["test_set", "shots", "fmt", "score [95% interval]", *extra, "n_scored", "dropped", "truncated"]
+    columns += ["seconds"]  # examples/s and the batch size: in summary.json
+    wide = {"score [95% interval]": {"no_wrap": True}}
+    print_table(f"{model} on {task}: {rows[0]['metric']}", rows, columns, **wide)  # one task: one metric
     print(f"wrote {Path(out) / 'summary.json'}")
 
 

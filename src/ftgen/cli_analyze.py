@@ -156,33 +156,44 @@ def analyze_tradeoff_cmd(
     study: Annotated[Path, typer.Argument(metavar="OUT", help="A study's output directory (its results store).")],
     out: Annotated[
         Path | None,
-        typer.Option(help=with_default("Also write tradeoff.json and a figure per setting here.", "print only")),
+        typer.Option(
+            help=with_default("Also write tradeoff.md, tradeoff.json and tradeoff.png/.svg here.", "print only")
+        ),
     ] = None,
 ):
-    """The WiSE-FT trade-off of a study's `interpolate` methods: ID / OOD / cross-task against α, the best α."""
-    from ftgen.analysis.tradeoff import tradeoff, tradeoff_rows
+    """The WiSE-FT trade-off of a study's `interpolate` methods: per α each group's mean score and change vs the
+    base with its 95% interval (the report's computed table), and the best α."""
+    from ftgen.report import StudyView, Table
+    from ftgen.report import text as T
+    from ftgen.report.interpolation import points_json, tradeoff
     from ftgen.store import Store
 
     if out is not None:
         from ftgen.files import ensure_writable_dir
 
         ensure_writable_dir(out)
-    with Store.open_reader(study) as store, store.readable():
-        result = tradeoff(store)
-    if not result["points"]:
+    with Store.open_reader(study) as store:
+        store.require_sound()
+    table = Table(StudyView(study))
+    trade = tradeoff(table)
+    if trade is None or not trade["points"]:
         raise UserError(f"{study}: no interpolated model evaluated (add {{name: interpolate, of: ft, alphas: [...]}})")
-    rows = tradeoff_rows(result)
-    title = "Score (Δ vs base) per α, mean over test sets of each group; * = best α"
-    print_table(title, rows, list(rows[0]))
-    for b in result["best"]:
-        print(f"{b['setting']}: {b['sentence']}")
+    if banner := table.view.banner():
+        print(banner)
+    head = T.TRADEOFF_COMPACT_HEAD[2:]
+    tables: dict[tuple[str, str], list[dict]] = {}  # one table per (setting, train task): narrow enough for 120
+    for setting, task, *row in T.tradeoff_rows(table, trade, compact=True):
+        tables.setdefault((setting, task), []).append(dict(zip(head, row, strict=True)))
+    for (setting, task), rows in tables.items():
+        title = f"{setting}, trained on {task}: mean score ±95% interval (change vs base ±95% interval) per α"
+        print_table(title, rows, head, **{h: {"no_wrap": True} for h in head[2:]})  # a cell reads as one unit
+    print("*: the change's 95% interval excludes 0")
+    print(trade["reading"])
     if out is not None:
-        from ftgen.analysis import plot_tradeoff
-        from ftgen.files import atomic_write_json
-        from ftgen.study_files import name_part
+        from ftgen.files import atomic_write_json, atomic_write_text
+        from ftgen.report.figures import tradeoff_curve
 
-        atomic_write_json(out / "tradeoff.json", result)
-        for b in result["best"]:
-            points = [p for p in result["points"] if p["setting"] == b["setting"]]
-            plot_tradeoff(points, out / f"tradeoff-{name_part(b['setting'])}")
-        print(f"wrote {out / 'tradeoff.json'} and a figure per setting (tradeoff-*.png/.svg)")
+        atomic_write_text(out / "tradeoff.md", T.with_banner(table, T.tradeoff_md(table, trade)))
+        atomic_write_json(out / "tradeoff.json", points_json(table, trade))
+        tradeoff_curve(table, trade, out / "tradeoff")
+        print(f"wrote {out / 'tradeoff.md'}, tradeoff.json and tradeoff.png/.svg")

@@ -35,6 +35,7 @@ from typing import Any
 from ftgen import progress
 from ftgen.errors import UserError
 from ftgen.plan import CellSpec, InterpolationSpec, Plan, RunSpec
+from ftgen.progress import score_text
 from ftgen.store import Store, manifest
 from ftgen.units import DriftSpec, EvalJob, InterpolateJob, TrainJob, attention_spec
 
@@ -255,7 +256,7 @@ class Driver:
             self.counts["cells done"] += 1
             self.finished.add(cell.key)
             m = result["metrics"]
-            self.log_done(cell, result["seconds"], f"{m['metric']} {m['score']:.1f} (n={m['n']})")
+            self.log_done(cell, result["seconds"], f"{m['metric']} {score_text(m)} (n={m['n']})")
             if cell.run is not None:
                 self.drop_unneeded(cell.run)
             return

@@ -12,6 +12,7 @@ from ftgen.errors import UserError
 from ftgen.evaluate import BACKENDS, SCORING, evaluate, write_eval_outputs
 from ftgen.files import atomic_write_json, ensure_writable_dir
 from ftgen.memory import check_batch_size
+from ftgen.progress import score_text
 from ftgen.tasks import TaskDef
 
 
@@ -192,7 +193,7 @@ def run_eval(
         rows.append(_summary_row(model_name, task, c, result.metrics, cell_dir))
         m = result.metrics
         dropped = f", {m['n_dropped']} dropped" if m["n_dropped"] else ""
-        log(f"ftgen: {c.test_set} {c.k}-shot fmt {c.fmt}: {m['metric']} {m['score']:.2f} ({m['n']} scored{dropped})")
+        log(f"ftgen: {c.test_set} {c.k}-shot fmt {c.fmt}: {m['metric']} {score_text(m)} ({m['n']} scored{dropped})")
     _update_summary(out / "summary.json", rows)
     return rows
 
@@ -206,6 +207,8 @@ def _summary_row(model_name: str, task: TaskDef, c: EvalCell, m: dict, cell_dir:
         "fmt": c.fmt,
         "metric": m["metric"],
         "score": round(m["score"], 2),
+        "ci_low": round(m["ci_low"], 2),
+        "ci_high": round(m["ci_high"], 2),
         "n": m["n"],
         "n_scored": m["n_scored"],
         "n_dropped": m["n_dropped"],

@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 from ftgen import metrics as M
+from ftgen import stats
 from ftgen.errors import UserError
 from ftgen.files import atomic_write_json, atomic_write_jsonl
 from ftgen.memory import check_batch_size, injected_limit, run_in_batches
@@ -470,7 +471,7 @@ def evaluate(
         predictions, task_metrics = _classification_outputs(task, items, run["logprobs"], scoring)
     else:
         predictions, task_metrics = _generation_outputs(task, items, run["texts"])
-    task_metrics |= record_counts(len(items), data_report)
+    task_metrics |= record_counts(len(items), data_report) | score_interval(task, predictions)
     seconds = time.perf_counter() - t0
     work = len(context_ids) + sum(len(it.query) + sum(map(len, it.labels)) for it in items)
     metrics = {
@@ -564,6 +565,16 @@ def _generation_outputs(task: TaskDef, items: list[Item], texts: list[str]) -> t
         for it, text in zip(items, texts, strict=True)
     ]
     return predictions, M.generation_metrics(texts, [it.record["output"] for it in items], stem=task.rouge_stem)
+
+
+def score_interval(task: TaskDef, predictions: list[dict]) -> dict:
+    """The score's 95% interval from the per-record predictions, computed as the report does (ftgen.stats:
+    Clopper-Pearson for accuracy, a seeded bootstrap over records for Rouge-L and BLEU)."""
+    metric = "accuracy" if task.kind == "classification" else task.metric
+    positions = range(len(predictions))  # one cell: records need no id to match, and test-set ids may repeat
+    preds, golds = [str(p["prediction"]) for p in predictions], [str(p["gold"]) for p in predictions]
+    e = stats.score_interval(metric, stats.cell_records(task.kind, metric, positions, preds, golds, task.rouge_stem))
+    return {"ci_low": e.low, "ci_high": e.high, "ci_method": e.method}
 
 
 def record_counts(n_scored: int, data_report=None) -> dict:

@@ -49,3 +49,11 @@ def fmt_seconds(seconds: float) -> str:
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def score_text(metrics: dict) -> str:
+    """A cell's score with its 95% interval, `45.0 [35.2, 55.1]` (just the score where none was computed)."""
+    text = f"{metrics['score']:.1f}"
+    if metrics.get("ci_low") is not None and metrics.get("ci_high") is not None:
+        text += f" [{metrics['ci_low']:.1f}, {metrics['ci_high']:.1f}]"
+    return text

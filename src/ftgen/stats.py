@@ -239,6 +239,20 @@ def seeds_score(
     return _compare([[(as_records(r), None) for r in runs]], seed, resamples, confidence)
 
 
+def group_score(
+    sets: Sequence[Sequence[RecordsLike]],
+    *,
+    seed: int = DEFAULT_SEED,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+) -> Estimate:
+    """Mean over test sets of the sets' scores, stratified bootstrap (records resampled per set; seeds too).
+
+    Each set is its runs' records, one per seed, in the same seed order for every set.
+    """
+    return _compare([[(as_records(r), None) for r in runs] for runs in sets], seed, resamples, confidence)
+
+
 def _seed_pairs(entry: Pair | list[Pair]) -> list[tuple[Records, Records]]:
     pairs = entry if isinstance(entry, list) else [entry]
     if not pairs or not all(isinstance(p, tuple) and len(p) == 2 for p in pairs):

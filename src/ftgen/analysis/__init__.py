@@ -4,7 +4,6 @@
 - `layers`: the same per transformer layer, in-domain vs cross-task, and where FT and FTICL differ most.
 - `attention`: how much attention the answer position pays to in-context examples at test time.
 - `interpolate`: WiSE-FT weight interpolation between base and tuned, and the α trade-off it offers.
-- `tradeoff`: a study's WiSE-FT trade-off read from its results store (ID / OOD / cross-task against α).
 - `study_analyses`: a study's layer profiles and attention shares, read back from its run directories.
 
 Each analysis takes plain inputs (model dirs or loaded models, tasks, a data dir, probe settings) and returns
@@ -22,7 +21,7 @@ from ftgen.analysis.drift import (
     weight_drift,
     write_drift_report,
 )
-from ftgen.analysis.interpolate import best_alphas, interpolate_model, plot_tradeoff
+from ftgen.analysis.interpolate import best_alphas, interpolate_model
 from ftgen.analysis.layers import analyze_layers, compare_methods, layer_profile, write_layers_report
 
 __all__ = [
@@ -39,7 +38,6 @@ __all__ = [
     "linear_cka",
     "model_dir_of",
     "output_divergence",
-    "plot_tradeoff",
     "probe_set",
     "run_info",
     "weight_drift",

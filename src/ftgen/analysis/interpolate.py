@@ -7,7 +7,7 @@ Each θ(α) is saved as a standard Hugging Face checkpoint dir that `AutoModelFo
 `ftgen eval` and every other tool load as is.
 
 `best_alphas` picks, per train task and method, the α that keeps the most in-domain gain for the least
-cross-task loss; `plot_tradeoff` draws the curves.
+cross-task loss (the report draws the curves, with intervals: ftgen.report.interpolation).
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ from pathlib import Path
 
 import torch
 
-from ftgen.analysis.common import finite, model_dir_of, pyplot, run_info, save_figure
+from ftgen.analysis.common import finite, model_dir_of, run_info
 from ftgen.analysis.drift import paired_parameters
 from ftgen.checkpoint import atomic_dir
 from ftgen.errors import UserError
 from ftgen.models import is_adapter_dir, load_model, resolve_model
-
-GROUPS = (("id", "in-domain", "tab:blue"), ("ood", "out-of-domain", "tab:green"), ("cross", "cross-task", "tab:red"))
 
 
 def mix(base: torch.Tensor, tuned: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -171,36 +169,3 @@ def _sentence(best: list[dict]) -> str:
             f"{where}: α = {b['alpha']:g} keeps {b['id']:+.1f} in-domain{kept} at {b['cross']:+.1f} cross-task{cost}"
         )
     return "; ".join(parts) + "." if parts else "No trade-off points."
-
-
-def plot_tradeoff(points: list[dict], stem: str | Path) -> list[Path]:
-    """ID / OOD / cross-task delta against α: one row per train task, FT and FTICL side by side; .png / .svg."""
-    plt = pyplot()
-    curves = _curves(points)
-    tasks = sorted({t for t, _ in curves})
-    methods = sorted({m for _, m in curves}, key=lambda m: (m != "ft", m != "fticl", m))
-    best = {(b["train_task"], b["method"]): b["alpha"] for b in best_alphas(points)["best"]}
-    fig, axes = plt.subplots(
-        len(tasks), len(methods), figsize=(5 * len(methods), 3.6 * len(tasks)), squeeze=False, sharey="row"
-    )
-    for row, task in enumerate(tasks):
-        for col, method in enumerate(methods):
-            ax = axes[row][col]
-            curve = curves.get((task, method), [])
-            for key, name, color in GROUPS:
-                xy = [(p["alpha"], p[key]) for p in curve if p.get(key) is not None]
-                if xy:
-                    ax.plot(*zip(*xy, strict=True), marker="o", ms=4, color=color, label=name)
-            if (task, method) in best:
-                ax.axvline(
-                    best[(task, method)], color="black", ls=":", lw=1, label=f"best α = {best[(task, method)]:g}"
-                )
-            ax.axhline(0, color="grey", lw=0.8)
-            ax.set(
-                title=f"{task}: {method.upper()}", xlabel="α (0 = base, 1 = fine-tuned)", ylabel="Δ vs base (points)"
-            )
-            ax.grid(alpha=0.3)
-            if ax.get_legend_handles_labels()[1]:
-                ax.legend(fontsize=7)
-    fig.tight_layout()
-    return save_figure(fig, stem)

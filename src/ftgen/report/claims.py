@@ -7,6 +7,10 @@ is the stratified-bootstrap mean of the per-cell differences (stats.headline). A
 whose interval lies above / below 0. "FT" is plain fine-tuning, full or LoRA; "FTICL" fine-tuning with in-context
 examples; FTICL − FT uses matched runs only.
 
+A verdict's evidence ends with how many of the cells it compared are flagged to distrust (constant
+predictions, a score within its interval of the majority rate, degenerate generations): a verdict that rests on
+them is only as good as they are.
+
 A claim the study's grid bears on but whose cells are not complete yet (pending, failed, not scorable) is
 inconclusive, with that reason; "not covered by this study" means the grid has no cell for it at all.
 """
@@ -106,6 +110,17 @@ def _between(t: Table, a: Model, sa: Setting, b: Model, sb: Setting, test) -> li
     return list(zip(ca.records, cb.records, strict=False)) if len(ca.records) == len(cb.records) else []
 
 
+def _flagged(t: Table, cells: Cells, decided: tuple[str, str]) -> tuple[str, str]:
+    """(verdict, evidence) with how many of the table cells behind the comparisons are flagged to distrust
+    (constant predictions, the majority rate, degenerate outputs: Table.distrusted), so that a verdict resting
+    on them says so."""
+    owner = {id(r): c for c in t.cells.values() for r in c.records if r is not None}
+    used = {id(owner[id(r)]): owner[id(r)] for runs in cells if runs for pair in runs for r in pair if id(r) in owner}
+    bad = sum(1 for c in used.values() if c.distrust)
+    verdict, evidence = decided
+    return verdict, evidence + (f"; {bad} of the {len(used)} cells compared are flagged to distrust (†)" if bad else "")
+
+
 # ---------------------------------------------------------------- the claims
 
 
@@ -126,7 +141,7 @@ def claim_1(t: Table) -> Claim:
         "1",
         "FT evaluated 0-shot beats the base model with in-context examples in-domain (except sentiment)",
         claim_1,
-        *_directional("FT 0-shot − base k-shot", cells, +1),
+        *_flagged(t, cells, _directional("FT 0-shot − base k-shot", cells, +1)),
     )
 
 
@@ -150,7 +165,7 @@ def claim_2(t: Table) -> Claim:
         verdict = VERDICTS[0]
     else:
         verdict = VERDICTS[2]
-    return _claim("2", CLAIM_2, claim_2, verdict, stats.format_headline(h))
+    return _claim("2", CLAIM_2, claim_2, *_flagged(t, cells, (verdict, stats.format_headline(h))))
 
 
 CLAIM_2 = "test-time in-context examples rarely help a fine-tuned model"
@@ -178,7 +193,7 @@ def claim_3(t: Table) -> Claim:
         verdict = VERDICTS[1]
     else:
         verdict = VERDICTS[2]
-    return _claim("3", CLAIM_3, claim_3, verdict, stats.format_headline(h))
+    return _claim("3", CLAIM_3, claim_3, *_flagged(t, cells, (verdict, stats.format_headline(h))))
 
 
 CLAIM_3 = "more training data is not consistently better"
@@ -189,7 +204,7 @@ def claim_4(t: Table) -> Claim:
     Confirmed if the pooled interval lies below 0, refuted if above, inconclusive otherwise."""
     cells = _vs_base(t, _runs(t, fticl=False, kind="generation"), ("OOD",))
     text = "fine-tuning on a generation task hurts the same task out-of-domain"
-    return _claim("4", text, claim_4, *_directional("FT − base, OOD", cells, -1))
+    return _claim("4", text, claim_4, *_flagged(t, cells, _directional("FT − base, OOD", cells, -1)))
 
 
 def claim_5(t: Table) -> Claim:
@@ -197,7 +212,7 @@ def claim_5(t: Table) -> Claim:
     base. Confirmed if the pooled interval lies above 0, refuted if below, inconclusive otherwise."""
     cells = _vs_base(t, _runs(t, fticl=False, kind="classification"), ("OOD",))
     text = "fine-tuning on a classification task helps the same task out-of-domain"
-    return _claim("5", text, claim_5, *_directional("FT − base, OOD", cells, +1))
+    return _claim("5", text, claim_5, *_flagged(t, cells, _directional("FT − base, OOD", cells, +1)))
 
 
 def claim_7(t: Table) -> Claim:
@@ -234,7 +249,7 @@ def claim_10(t: Table) -> Claim:
     FTICL − FT. Confirmed if the pooled interval lies above 0, refuted if below, inconclusive otherwise."""
     cells = _matched(t, "generation", ("OOD",))
     text = "for generation tasks, FTICL generalizes better than FT out-of-domain"
-    return _claim("10", text, claim_10, *_directional("FTICL − FT, OOD", cells, +1))
+    return _claim("10", text, claim_10, *_flagged(t, cells, _directional("FTICL − FT, OOD", cells, +1)))
 
 
 def claim_11(t: Table) -> Claim:
@@ -242,7 +257,7 @@ def claim_11(t: Table) -> Claim:
     FTICL − FT. Confirmed if the pooled interval lies above 0, refuted if below, inconclusive otherwise."""
     cells = _matched(t, "generation", ("cross",))
     text = "for generation tasks, FTICL generalizes better than FT cross-task"
-    return _claim("11", text, claim_11, *_directional("FTICL − FT, cross-task", cells, +1))
+    return _claim("11", text, claim_11, *_flagged(t, cells, _directional("FTICL − FT, cross-task", cells, +1)))
 
 
 def claim_12(t: Table) -> Claim:
@@ -282,7 +297,7 @@ def claim_13(t: Table) -> Claim:
         return _claim("13", text, claim_13, *_undecided(cells))
     d = h.difference
     verdict = VERDICTS[1] if d.low > 0 else VERDICTS[0] if d.high < NO_HELP_MARGIN else VERDICTS[2]
-    return _claim("13", text, claim_13, verdict, stats.format_headline(h))
+    return _claim("13", text, claim_13, *_flagged(t, cells, (verdict, stats.format_headline(h))))
 
 
 def _claim(number: str, text: str, rule: Callable, verdict: str, evidence: str) -> Claim:

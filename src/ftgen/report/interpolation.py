@@ -30,7 +30,7 @@ class Point:
     alpha: float
     setting: Setting
     deltas: dict[str, stats.Estimate | None]  # group -> mean change vs base with its interval
-    scores: dict[str, float | None]  # group -> mean score of its cells (None unless every cell is done)
+    scores: dict[str, stats.Estimate | None]  # group -> mean score of its cells (None unless all are done)
 
 
 def curves(t: Table) -> dict[Model, list[Model]]:
@@ -43,11 +43,12 @@ def curves(t: Table) -> dict[Model, list[Model]]:
     return {p: sorted(ms, key=lambda m: m.alpha) for p, ms in out.items()}
 
 
-def _mean_score(t: Table, m: Model, s: Setting, g: str) -> float | None:
-    cells = [t.cell(m, ts, s) for ts in t.group_sets(m, s, g)]
+def _mean_score(t: Table, m: Model, sets: list, s: Setting) -> stats.Estimate | None:
+    """m's mean score over `sets` with its interval (stats.group_score); None unless every cell is done."""
+    cells = [t.cell(m, ts, s) for ts in sets]
     if not cells or not all(c is not None and c.done and c.score is not None for c in cells):
         return None
-    return sum(c.score.estimate for c in cells) / len(cells)
+    return stats.group_score([c.records for c in cells])
 
 
 def _zero(parent: Model, t: Table, s: Setting, g: str) -> stats.Estimate | None:
@@ -63,23 +64,15 @@ def points(t: Table) -> list[Point]:
         for s in t.settings:
             if not any(t.group_sets(parent, s, g) for g in GROUPS):
                 continue
-            base_scores = {g: _base_group_score(t, parent, base, s, g) for g in GROUPS}
+            base_scores = {
+                g: None if base is None else _mean_score(t, base, t.group_sets(parent, s, g), s) for g in GROUPS
+            }
             out.append(Point(parent, None, 0.0, s, {g: _zero(parent, t, s, g) for g in GROUPS}, base_scores))
             for m in [x for x in members if x.alpha not in (0.0, 1.0)] + [parent]:
                 deltas = {g: t.group_means[(m, s, g)] for g in GROUPS}
-                scores = {g: _mean_score(t, m, s, g) for g in GROUPS}
+                scores = {g: _mean_score(t, m, t.group_sets(m, s, g), s) for g in GROUPS}
                 out.append(Point(parent, m, 1.0 if m is parent else m.alpha, s, deltas, scores))
     return out
-
-
-def _base_group_score(t: Table, parent: Model, base: Model | None, s: Setting, g: str) -> float | None:
-    """The base model's mean score over the test sets that are group g for `parent`."""
-    if base is None:
-        return None
-    cells = [t.cell(base, ts, s) for ts in t.group_sets(parent, s, g)]
-    if not cells or not all(c is not None and c.done and c.score is not None for c in cells):
-        return None
-    return sum(c.score.estimate for c in cells) / len(cells)
 
 
 def curve_name(t: Table, parent: Model) -> str:
@@ -159,3 +152,23 @@ def tradeoff(t: Table) -> dict | None:
         "reading": reading(t, chosen),
         "line": terminal_line(t, chosen),
     }
+
+
+def points_json(t: Table, trade: dict) -> dict:
+    """The trade-off as plain data (tradeoff.json): per point its curve, α, setting, and per group the mean score
+    and the change vs base with its interval (`Estimate.as_dict`, None where the group is blank); the best α."""
+    points = [
+        {
+            "train_task": p.parent.train_task,
+            "method": trade["names"][p.parent],
+            "runs": list(p.parent.run_keys),
+            "alpha": p.alpha,
+            "model": None if p.model is None else list(p.model.run_keys),
+            "setting": t.setting_label(p.setting),
+            "scores": {g: None if e is None else e.as_dict() for g, e in p.scores.items()},
+            "deltas": {g: None if e is None else e.as_dict() for g, e in p.deltas.items()},
+        }
+        for p in trade["points"]
+    ]
+    best = [{"setting": t.setting_label(s), **chosen} for s, chosen in trade["best"].items()]
+    return {"points": points, "best": best, "reading": trade["reading"]}

@@ -237,9 +237,10 @@ TRADEOFF_HEAD = ["setting", "train task", "method", "α", "in-domain", "Δ in-do
 TRADEOFF_HEAD += ["Δ out-of-domain", "cross-task", "Δ cross-task"]
 
 
-def tradeoff_rows(t: Table, trade: dict) -> list[list[str]]:
-    """The WiSE-FT points (ftgen.report.interpolation): per α the groups' mean score and change vs base with
-    its interval; α = 0 is the base, α = 1 the trained row, `(best)` the curve's best α."""
+def tradeoff_rows(t: Table, trade: dict, *, compact: bool = False) -> list[list[str]]:
+    """The WiSE-FT points (ftgen.report.interpolation): per α the groups' mean score and change vs base, each
+    with its interval; α = 0 is the base, α = 1 the trained row, `(best)` the curve's best α. `compact`: one
+    cell per group, `85.0 ±7.5 (+32.5 ±10.0)*` (TRADEOFF_COMPACT_HEAD, for the terminal)."""
     best = {
         (s, b["train_task"], b["method"]): b["alpha"] for s, chosen in trade["best"].items() for b in chosen["best"]
     }
@@ -248,9 +249,15 @@ def tradeoff_rows(t: Table, trade: dict) -> list[list[str]]:
         method = trade["names"][p.parent]
         mark = " (best)" if best.get((p.setting, p.parent.train_task, method)) == p.alpha else ""
         alpha = f"{p.alpha:g}" + (" base" if p.model is None else " trained" if p.alpha == 1 else "") + mark
-        values = [v for g in GROUPS for v in (num(p.scores[g]), _tradeoff_delta(p, g))]
+        if compact:
+            values = [stats.format_cell(p.scores[g], None if p.model is None else p.deltas[g]) for g in GROUPS]
+        else:
+            values = [v for g in GROUPS for v in (score_text(p.scores[g]), _tradeoff_delta(p, g))]
         rows.append([t.setting_label(p.setting), p.parent.train_task, method, alpha, *values])
     return rows
+
+
+TRADEOFF_COMPACT_HEAD = ["setting", "train task", "method", "α", "in-domain (Δ)", "out-of-domain (Δ)", "cross-task (Δ)"]
 
 
 def _tradeoff_delta(p, g: str) -> str:
