@@ -24,7 +24,7 @@ demo: setup
 
 # Two workers, one per core, each test file on one worker (its module fixtures built once); torch one thread each.
 test: setup
-	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -n 2 --dist loadfile --durations=15
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks tools
