@@ -235,8 +235,9 @@ def seeds_score(
     resamples: int = RESAMPLES,
     confidence: float = CONFIDENCE,
 ) -> Estimate:
-    """Mean ± sd over seeds of one cell's score, hierarchical bootstrap interval (seeds, then records)."""
-    return _compare([[(as_records(r), None) for r in runs]], seed, resamples, confidence)
+    """Mean ± sd over seeds of one cell's score, hierarchical bootstrap interval (seeds, then records): the
+    group score of a group of one set."""
+    return group_score([runs], seed=seed, resamples=resamples, confidence=confidence)
 
 
 def group_score(
